@@ -1,0 +1,238 @@
+"""Command line: ``python -m MRISynthLib <command> ...`` (also installed as ``mrisynth``).
+
+Times are given in seconds (``--te 0.09``), flip angles in degrees.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from . import __version__
+
+
+class CLIError(Exception):
+    """A user error: printed without a traceback, exit status 2."""
+
+
+def _add_sequence_args(p: argparse.ArgumentParser):
+    from .physics.signal import PRESETS, SEQUENCES
+
+    g = p.add_argument_group("acquisition (times in seconds, flip in degrees)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="a typical protocol instead of --sequence/--te/...")
+    g.add_argument("--sequence", choices=SEQUENCES, default="se", help="se: spin echo, ir: inversion recovery, "
+                   "gre: spoiled gradient echo (default se)")
+    g.add_argument("--te", type=float, help="echo time, s")
+    g.add_argument("--tr", type=float, help="repetition time, s")
+    g.add_argument("--ti", type=float, help="inversion time, s (ir)")
+    g.add_argument("--flip", type=float, help="flip angle, degrees (gre)")
+    g.add_argument("--simple", action="store_true",
+                   help="simple spin-echo form without the refocusing term (default: exact 90-180 form)")
+
+
+def _sequence_from_args(a):
+    from .physics.signal import PRESETS, SequenceParams
+
+    if a.preset:
+        return PRESETS[a.preset]
+    if a.te is None or a.tr is None:
+        raise CLIError("give --preset, or --te and --tr (seconds)")
+    return SequenceParams(a.sequence, a.te, a.tr, ti=a.ti, flip=a.flip, exact=not a.simple)
+
+
+def _phantom_from_args(a):
+    from .physics.phantoms import brainweb_phantom, mni152_phantom
+    from .physics.tissues import get_table
+
+    if a.phantom == "brainweb":
+        ph = brainweb_phantom(voxel_mm=a.voxel_mm, table=a.table)
+    else:
+        ph = mni152_phantom(voxel_mm=a.voxel_mm)
+        ph.table = get_table(a.table)
+    return ph
+
+
+def cmd_simulate(a) -> int:
+    from .data.io import Volume, read_volume, write_volume
+    from .physics.phantoms import add_noise, bias_field, render_maps
+    from .physics.tissues import jitter_table
+
+    seq = _sequence_from_args(a)
+    rng = np.random.default_rng(a.seed)
+    protect = []
+    if a.pd or a.t1 or a.t2:
+        if not (a.pd and a.t1 and a.t2):
+            raise CLIError("--pd, --t1 and --t2 go together (volumes in seconds; PD relative)")
+        vols = {k: read_volume(getattr(a, k)) for k in ("pd", "t1", "t2")}
+        shapes = {v.array.shape for v in vols.values()}
+        if len(shapes) != 1:
+            raise CLIError(f"PD/T1/T2 volumes differ in shape: {sorted(shapes)}")
+        maps = {k: v.array.astype(np.float32) for k, v in vols.items()}
+        if a.t2star:
+            maps["t2star"] = read_volume(a.t2star).array.astype(np.float32)
+        img = render_maps(maps, seq)
+        ref = vols["pd"]
+        protect = [a.pd, a.t1, a.t2] + ([a.t2star] if a.t2star else [])
+    else:
+        ph = _phantom_from_args(a)
+        table = jitter_table(ph.table, rng) if a.jitter else ph.table
+        img = ph.render(seq, table)
+        ref = Volume(img, **ph.geometry())
+    if a.bias:
+        img = img * bias_field(img.shape, rng, a.bias)
+    if a.snr:
+        img = add_noise(img, a.snr, rng)
+    out = ref.with_array(img.astype(np.float32))
+    out.metadata = {"MRISynth_sequence": seq.describe()}
+    write_volume(out, a.output, protect=protect)
+    print(f"wrote {a.output}: {seq.describe()}, shape {img.shape}, spacing {tuple(round(s, 3) for s in out.spacing)}")
+    return 0
+
+
+def cmd_make_dataset(a) -> int:
+    from .data.simulate import ProtocolConfig, make_paper_dataset, read_paper_dataset_info
+
+    cfg = ProtocolConfig(n_pairs=a.pairs, n_slices=a.slices, size=a.size, voxel_mm=a.voxel_mm, table=a.table,
+                         jitter=a.jitter, snr=a.snr, bias=a.bias, seed=a.seed, phantom=a.phantom,
+                         exact=not a.simple)
+    t0 = time.time()
+    make_paper_dataset(a.output, cfg, progress=not a.quiet)
+    info = read_paper_dataset_info(a.output)
+    print(f"wrote {a.output} in {time.time() - t0:.1f} s: targets {info['targets']}, defaults {info['defaults']}, "
+          f"{info['n_test_pairs']} test pairs, {info['n_test_slices']} test slices")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """Simulate T1w/T2w/PDw/FLAIR/STIR volumes from BrainWeb, write NRRDs and a montage."""
+    from tqdm.auto import tqdm
+
+    from .data.io import Volume, write_volume
+    from .physics.phantoms import add_noise, brainweb_phantom
+    from .physics.signal import PRESETS, SequenceParams, ti_null
+    from .viz import montage, orthogonal_views
+
+    out = Path(a.output)
+    ph = brainweb_phantom(voxel_mm=a.voxel_mm, table=a.table)
+    csf, fat = ph.table.tissues[1], ph.table.tissues.get(4)
+    flair = PRESETS["FLAIR"]
+    stir = PRESETS["STIR"]
+    # null CSF (FLAIR) and fat (STIR) for the chosen tissue table
+    flair = SequenceParams("ir", flair.te, flair.tr, ti=float(ti_null(csf.t1, flair.tr, flair.te)), name="FLAIR")
+    if fat is not None:
+        stir = SequenceParams("ir", stir.te, stir.tr, ti=float(ti_null(fat.t1, stir.tr, stir.te)), name="STIR")
+    seqs = [PRESETS["T1w"], PRESETS["T2w"], PRESETS["PDw"], flair, stir]
+    rng = np.random.default_rng(a.seed)
+    rows, names = [], []
+    for seq in tqdm(seqs, desc="simulating contrasts", disable=a.quiet):
+        img = ph.render(seq)
+        if a.snr:
+            img = add_noise(img, a.snr, rng)
+        vol = Volume(img.astype(np.float32), **ph.geometry(), metadata={"MRISynth_sequence": seq.describe()})
+        write_volume(vol, out / f"{seq.name}.nrrd")
+        rows.append(orthogonal_views(img))
+        names.append(f"{seq.name}\n{seq.describe().split(' ', 1)[1]}")
+    maps = ph.maps()
+    rows.append([maps["pd"][maps["pd"].shape[0] // 2], maps["t1"][maps["t1"].shape[0] // 2],
+                 maps["t2"][maps["t2"].shape[0] // 2]])
+    names.append("tissue maps")
+    r = len(rows) - 1
+    png = montage(rows, out / "montage.png", row_titles=names, col_titles=["axial", "coronal", "sagittal"],
+                  panel_titles={(r, 0): "PD (axial)", (r, 1): "T1, s", (r, 2): "T2, s"},
+                  title=f"BrainWeb, {ph.table.name} tissue table, {ph.spacing[0]:g} mm")
+    print(f"wrote {len(seqs)} volumes ({', '.join(s.name for s in seqs)}) and {png}")
+    return 0
+
+
+def cmd_fetch_data(a) -> int:
+    from .data.download import DATA_FILES, fetch_data
+
+    names = a.names or sorted(DATA_FILES)
+    for n in names:
+        p = fetch_data(n, target_dir=a.target)
+        print(f"{n}: {p} (verified)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .physics.tissues import TABLES
+
+    p = argparse.ArgumentParser(prog="mrisynth", description="MRISynth: MRI contrast synthesis and reconstruction.")
+    p.add_argument("--version", action="version", version=f"MRISynth {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+
+    def phantom_args(sp, default_voxel=None, default_table="mrilab_full"):
+        sp.add_argument("--phantom", choices=["brainweb", "mni152"], default="brainweb", help="anatomy (default brainweb)")
+        sp.add_argument("--voxel-mm", type=float, default=default_voxel,
+                        help="resample with partial volume to this voxel size, mm (2 = the paper's MRiLab grid)")
+        sp.add_argument("--table", choices=sorted(TABLES), default=default_table, help="tissue property table")
+
+    s = sub.add_parser("demo", help="simulate T1w/T2w/PDw/FLAIR/STIR volumes from BrainWeb plus a PNG montage",
+                       description=cmd_demo.__doc__)
+    s.add_argument("--output", default="mrisynth_demo", help="output folder (default ./mrisynth_demo)")
+    s.add_argument("--voxel-mm", type=float, default=None, help="voxel size, mm (default: BrainWeb's 1 mm)")
+    s.add_argument("--table", choices=sorted(TABLES), default="mrilab_full")
+    s.add_argument("--snr", type=float, default=None, help="add Rician noise at this SNR")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("simulate", help="render a contrast volume from a phantom or from PD/T1/T2 maps",
+                       description="Render one acquisition from the BrainWeb/MNI152 phantom or from PD/T1/T2 map "
+                                   "volumes; writes NRRD/NIfTI/MHA with the geometry kept.")
+    phantom_args(s)
+    s.add_argument("--pd", help="PD map volume (instead of a phantom)")
+    s.add_argument("--t1", help="T1 map volume, seconds")
+    s.add_argument("--t2", help="T2 map volume, seconds")
+    s.add_argument("--t2star", help="T2* map volume, seconds (gre; default T2)")
+    _add_sequence_args(s)
+    s.add_argument("--jitter", action="store_true", help="randomise tissue properties (per-tissue log-normal)")
+    s.add_argument("--snr", type=float, help="add Rician noise at this SNR")
+    s.add_argument("--bias", type=float, default=0.0, help="smooth bias field strength, e.g. 0.2")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--output", "-o", required=True, help="output volume (.nrrd, .nii.gz, .mha)")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("make-dataset", help="the seed paper's training protocol as one HDF5 file",
+                       description="N random spin-echo (TE, TR) pairs x K BrainWeb slices at 256x256, 8-bit, plus "
+                                   "the default TE 50 ms / TR 4.5 s inputs and the held-out split.")
+    s.add_argument("--output", "-o", required=True, help="HDF5 file to write")
+    s.add_argument("--pairs", type=int, default=200, help="number of (TE, TR) pairs (default 200)")
+    s.add_argument("--slices", type=int, default=24, help="axial slices per pair (default 24)")
+    s.add_argument("--size", type=int, default=256, help="image size (default 256)")
+    phantom_args(s, default_voxel=2.0, default_table="mrilab")
+    s.add_argument("--jitter", action="store_true", help="randomise tissue properties per pair")
+    s.add_argument("--snr", type=float, help="Rician noise SNR")
+    s.add_argument("--bias", type=float, default=0.0, help="bias field strength")
+    s.add_argument("--simple", action="store_true", help="simple spin-echo equation")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_make_dataset)
+
+    s = sub.add_parser("fetch-data", help="download public data files (BrainWeb) into the data folder")
+    s.add_argument("names", nargs="*", help="which files (default: all)")
+    s.add_argument("--target", type=Path, help="data folder (default: the MRISYNTH_DATA setting)")
+    s.set_defaults(func=cmd_fetch_data)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except (CLIError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"mrisynth {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mrisynth {a.command}: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

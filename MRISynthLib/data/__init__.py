@@ -1,0 +1,1 @@
+"""Data: volume and HDF5 I/O, downloads, training-set generators."""

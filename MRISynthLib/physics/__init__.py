@@ -1,0 +1,1 @@
+"""MR physics: signal equations, tissue tables, phantoms, Fourier/SENSE operators, masks."""

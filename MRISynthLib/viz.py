@@ -1,0 +1,76 @@
+"""Montages and figures (matplotlib, Agg backend, imported lazily)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .fileutil import atomic_output
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("figures need matplotlib: pip install 'mrisynth[plots]'") from e
+    return plt
+
+
+def montage(images: Sequence[Sequence[np.ndarray]], path, row_titles: Optional[Sequence[str]] = None,
+            col_titles: Optional[Sequence[str]] = None, title: Optional[str] = None,
+            cmaps: Optional[Sequence[str]] = None, panel_inches: float = 2.4,
+            robust: bool = True, panel_titles: Optional[dict] = None) -> Path:
+    """Save a grid of 2D images (rows x columns) as a PNG, written atomically.
+
+    Each panel is windowed from min(0, its minimum) to its 99.9th percentile when
+    ``robust`` (else min-max); ``cmaps`` gives one colour map per column (default grey);
+    ``panel_titles`` maps (row, column) to a title above that panel.
+    """
+    plt = _plt()
+    nr, nc = len(images), max(len(r) for r in images)
+    fig, axes = plt.subplots(nr, nc, figsize=(panel_inches * nc, panel_inches * nr + (0.4 if title else 0)),
+                             squeeze=False)
+    for i, row in enumerate(images):
+        for j in range(nc):
+            ax = axes[i][j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j >= len(row) or row[j] is None:
+                continue
+            img = np.asarray(row[j], float)
+            lo, hi = (min(0.0, img.min()), np.percentile(img, 99.9)) if robust else (img.min(), img.max())
+            if hi <= lo:
+                hi = lo + 1
+            ax.imshow(img, cmap=(cmaps[j] if cmaps else "gray"), vmin=lo, vmax=hi, interpolation="nearest")
+            if panel_titles and (i, j) in panel_titles:
+                ax.set_title(panel_titles[(i, j)], fontsize=9)
+            elif col_titles and i == 0 and j < len(col_titles):
+                ax.set_title(col_titles[j], fontsize=9)
+            if row_titles and j == 0 and i < len(row_titles):
+                ax.set_ylabel(row_titles[i], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        with atomic_output(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def orthogonal_views(vol: np.ndarray, flip_for_display: bool = True):
+    """Central axial and coronal slices and a parasagittal slice (40% across, off the
+    midline fissure) of a (z, y, x) LPS volume, superior up in coronal/sagittal views."""
+    z, y = vol.shape[0] // 2, vol.shape[1] // 2
+    x = int(vol.shape[2] * 0.4)
+    ax, co, sa = vol[z], vol[:, y, :], vol[:, :, x]
+    if flip_for_display:
+        co, sa = co[::-1], sa[::-1]
+    return [ax, co, sa]
