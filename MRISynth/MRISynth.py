@@ -1,14 +1,29 @@
 """MRISynth Slicer module: a thin panel over the MRISynthLib library.
 
-The library (``MRISynthLib``) does the work and never imports Slicer or Qt; this file
-only builds the GUI and moves data between MRML nodes and the library.
+The library (``MRISynthLib``) does the work and never imports Qt; this file builds the
+GUI, keeps every setting in a parameter node (saved with the scene), and calls the MRML
+helpers of ``MRISynthLib.mrml``. Console use::
+
+    logic = slicer.util.getModuleLogic("MRISynth")
+    out = logic.reparameterize(inputNode, targetTE=0.09, targetTR=3.0, inputTE=0.05, inputTR=4.5)
 """
 import os
+import time
 
+import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
+
+try:
+    from slicer import vtkMRMLScalarVolumeNode
+except ImportError:  # pragma: no cover
+    vtkMRMLScalarVolumeNode = "vtkMRMLScalarVolumeNode"
+
+REQUIREMENTS = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
 
 class MRISynth(ScriptedLoadableModule):
@@ -19,10 +34,58 @@ class MRISynth(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MRISynth developers"]
         self.parent.helpText = (
-            "Deep-learning MRI contrast synthesis and reconstruction of undersampled k-space. "
-            "See <a href='https://github.com/mrisynth/SlicerMRISynth'>the documentation</a>.")
+            "Deep-learning MRI contrast synthesis: re-parameterize a spin-echo volume to another "
+            "TE/TR (Param-Net, after Narang et al. 2022). See "
+            "<a href='https://github.com/mrisynth/SlicerMRISynth'>the documentation</a>.")
         self.parent.acknowledgementText = (
-            "Uses the BrainWeb brain model (Cocosco et al. 1997) as shipped by MRiLab (Liu et al. 2017).")
+            "Trained on the BrainWeb brain model (Cocosco et al. 1997) as shipped by MRiLab (Liu et al. 2017).")
+
+
+def ensureDependencies(askUser=True):
+    """Install what MRISynthLib needs on first use, after the user agrees; never at import.
+
+    torch comes through the PyTorch extension (it picks the CUDA build); the rest through
+    pip with Resources/requirements.txt (>= bounds), never replacing Slicer's SimpleITK.
+    """
+    missing = []
+    for mod in ("torch", "h5py", "safetensors", "tqdm", "scipy"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if not missing:
+        return True
+    if askUser and not slicer.util.confirmOkCancelDisplay(
+            f"MRISynth needs these Python packages: {', '.join(missing)}. Install them now?",
+            "MRISynth dependencies"):
+        return False
+    if "torch" in missing:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError("torch is missing: install the PyTorch extension from the Extensions Manager")
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            raise RuntimeError("installing torch through the PyTorch extension failed")
+    if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):
+        slicer.packaging.pip_ensure(requirements=REQUIREMENTS)  # Slicer 5.12+
+    else:
+        slicer.util.pip_install(f"-r {REQUIREMENTS}")
+    return True
+
+
+@parameterNodeWrapper
+class MRISynthParameterNode:
+    """Every GUI setting; saved with the scene. Times in seconds."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    inputTE: float = 0.05
+    inputTR: float = 4.5
+    targetTE: float = 0.09
+    targetTR: float = 3.0
+    model: str = "d2p"
+    device: str = "auto"
+    livePreview: bool = False
 
 
 class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -30,6 +93,10 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._parameterNode = None
+        self._guiObservation = None
+        self._running = False
+        self._cancelRequested = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -38,14 +105,195 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MRISynthLogic()
+        self.ui.deviceComboBox.clear()
+        for label, value in MRISynthLogic.deviceChoices():
+            self.ui.deviceComboBox.addItem(label, value)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.modelsFolderButton.connect("clicked(bool)", self.onModelsFolder)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        for slider in (self.ui.targetTESlider, self.ui.targetTRSlider):
+            slider.connect("valueChanged(double)", self.onTargetChanged)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
+        self.ui.progressBar.setVisible(False)
+        self.initializeParameterNode()
         self.layout.addStretch(1)
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._guiObservation)
+            self._guiObservation = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._guiObservation)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._guiObservation = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None):
+        p = self._parameterNode
+        if self._running:
+            self.ui.applyButton.text = "Cancel"
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = "Apply"
+        problem = MRISynthLogic.validateSettings(p)
+        self.ui.applyButton.enabled = problem is None
+        self.ui.applyButton.toolTip = problem or "Synthesize the target contrast for the whole volume"
+
+    def onInputChanged(self, node):
+        # input TE/TR from the DICOM header when the volume came from DICOM
+        acq = MRISynthLogic.acquisitionFromNode(node) if node else {}
+        if acq.get("te") and acq.get("tr") and self._parameterNode:
+            self._parameterNode.inputTE = acq["te"]
+            self._parameterNode.inputTR = acq["tr"]
+            self.log(f"input TE/TR from the DICOM header: {acq['te'] * 1e3:g} / {acq['tr'] * 1e3:g} ms")
+
+    def onDeviceChanged(self, index):
+        if self._parameterNode:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
+
+    def onTargetChanged(self, value):
+        if self._parameterNode and self._parameterNode.livePreview and not self._running:
+            with slicer.util.tryWithErrorDisplay("Preview failed.", waitCursor=True):
+                self.logic.previewRedSlice(self._parameterNode)
+
+    def onModelsFolder(self):
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(MRISynthLogic.modelsFolder()))
+
+    def log(self, text):
+        self.ui.logBox.appendPlainText(text)
+        slicer.app.processEvents()
+
+    def onApplyButton(self):
+        if self._running:
+            self._cancelRequested = True
+            self.log("cancelling...")
+            return
+        p = self._parameterNode
+        self._running, self._cancelRequested = True, False
+        self._checkCanApply()
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.value = 0
+        start = time.time()
+
+        def progress(fraction):
+            self.ui.progressBar.value = int(100 * fraction)
+            self.ui.statusLabel.text = f"running... {time.time() - start:.1f} s"
+            slicer.app.processEvents()  # chunked in-process work: the GUI stays responsive
+
+        try:
+            with slicer.util.tryWithErrorDisplay("Re-parameterization failed.", waitCursor=True):
+                if not ensureDependencies():
+                    return
+                out = self.logic.reparameterize(p.inputVolume, p.targetTE, p.targetTR, p.inputTE, p.inputTR,
+                                                model=p.model, device=p.device, outputNode=p.outputVolume,
+                                                cancel=lambda: self._cancelRequested, progress=progress)
+                p.outputVolume = out
+                slicer.util.setSliceViewerLayers(background=out, fit=True)
+                self.log(f"{out.GetName()}: done in {time.time() - start:.1f} s")
+        finally:
+            self._running = False
+            self.ui.progressBar.setVisible(False)
+            self.ui.statusLabel.text = "cancelled" if self._cancelRequested else ""
+            self._checkCanApply()
 
 
 class MRISynthLogic(ScriptedLoadableModuleLogic):
-    """Console-usable logic; capabilities are added as the library gains them."""
+    """Console-usable logic; a thin shell over MRISynthLib.mrml."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MRISynthParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def deviceChoices():
+        try:
+            from MRISynthLib.device import available_devices
+            return available_devices()
+        except ImportError:  # torch not installed yet
+            return [("Auto", "auto"), ("CPU", "cpu")]
+
+    @staticmethod
+    def modelsFolder():
+        from MRISynthLib.catalog import MODELS_DIR
+        return str(MODELS_DIR)
+
+    @staticmethod
+    def acquisitionFromNode(node):
+        from MRISynthLib.mrml import acquisition_from_node
+        return acquisition_from_node(node)
+
+    @staticmethod
+    def validateSettings(p):
+        """None when the settings can run, else the reason (shown as the Apply tooltip)."""
+        if p is None or not p.inputVolume:
+            return "Select an input volume"
+        if p.outputVolume and p.outputVolume == p.inputVolume:
+            return "The output must not be the input volume"
+        for te, tr, what in ((p.inputTE, p.inputTR, "input"), (p.targetTE, p.targetTR, "target")):
+            if not (0 < te < tr):
+                return f"The {what} TE must be positive and shorter than TR"
+        return None
+
+    def reparameterize(self, inputNode, targetTE, targetTR, inputTE=None, inputTR=None, model="d2p",
+                       device="auto", outputNode=None, cancel=None, progress=None):
+        """Synthesize the spin-echo volume at (targetTE, targetTR), seconds; returns the output node."""
+        from MRISynthLib.mrml import reparameterize_node
+        return reparameterize_node(slicer.mrmlScene, inputNode, targetTE, targetTR, inputTE, inputTR, model=model,
+                                   device=device, output_node=outputNode, cancel=cancel, progress_callback=progress)
+
+    def previewRedSlice(self, p):
+        """Re-parameterize only the axial slice shown in the Red view, into a preview node."""
+        import numpy as np
+        from MRISynthLib.mrml import volume_from_node, write_volume_node
+        from MRISynthLib.tasks.reparam import reparameterize
+
+        if not p.inputVolume:
+            return None
+        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        ras = [red.GetSliceToRAS().GetElement(i, 3) for i in range(3)] + [1]
+        m = vtk.vtkMatrix4x4()
+        p.inputVolume.GetRASToIJKMatrix(m)
+        k = int(round(m.MultiplyPoint(ras)[2]))
+        vol = volume_from_node(p.inputVolume)
+        k = int(np.clip(k, 0, vol.array.shape[0] - 1))
+        sl = reparameterize(vol.array[k:k + 1], p.inputTE, p.inputTR, p.targetTE, p.targetTR, model=p.model,
+                            device=p.device)
+        prev = np.zeros_like(vol.array, dtype=np.float32)
+        prev[k] = sl[0]
+        node = slicer.mrmlScene.GetFirstNodeByName("MRISynth preview")
+        node = write_volume_node(slicer.mrmlScene, vol.with_array(prev), "MRISynth preview", output_node=node)
+        slicer.util.setSliceViewerLayers(foreground=node, foregroundOpacity=1.0)
+        return node
 
 
 class MRISynthTest(ScriptedLoadableModuleTest):
@@ -55,6 +303,8 @@ class MRISynthTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_library_imports()
+        self.setUp()
+        self.test_reparameterize_logic()
 
     def test_library_imports(self):
         import MRISynthLib
@@ -62,4 +312,19 @@ class MRISynthTest(ScriptedLoadableModuleTest):
 
         self.assertTrue(MRISynthLib.__version__)
         self.assertAlmostEqual(float(spin_echo(1.0, 1.0, 0.1, 1e-9, 1e3)), 1.0, places=5)
-        self.delayDisplay("MRISynthLib imports and computes")
+
+    def test_reparameterize_logic(self):
+        import numpy as np
+        from MRISynthLib.physics.phantoms import Phantom
+        from MRISynthLib.physics.signal import SequenceParams
+
+        labels = np.zeros((3, 64, 64), np.uint8)
+        labels[:, 16:48, 16:48] = 2
+        labels[:, 24:40, 24:40] = 3
+        img = Phantom.from_labels(labels).render(SequenceParams("se", 0.05, 4.5))
+        node = slicer.util.addVolumeFromArray(img.astype(np.float32), name="phantom")
+        out = MRISynthLogic().reparameterize(node, 0.09, 3.0, 0.05, 4.5, model="d2p", device="cpu")
+        self.assertIsNot(out, node)
+        self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img.astype(np.float32))
+        self.delayDisplay("re-parameterization logic ok")

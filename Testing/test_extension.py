@@ -22,6 +22,9 @@ def test_library_cmake_lists_every_python_file():
     actual = {str(p.relative_to(LIB)) for p in LIB.rglob("*.py") if "__pycache__" not in p.parts}
     assert listed == actual, f"missing: {sorted(actual - listed)}, stale: {sorted(listed - actual)}"
     assert "WITH_SUBDIR" in (LIB / "CMakeLists.txt").read_text()
+    resources = set(_listed((LIB / "CMakeLists.txt").read_text(), "MODULE_PYTHON_RESOURCES"))
+    shipped = {str(p.relative_to(LIB)) for p in (LIB / "Resources").rglob("*") if p.is_file()}
+    assert resources == shipped, f"missing: {sorted(shipped - resources)}, stale: {sorted(resources - shipped)}"
 
 
 def test_top_level_cmake_follows_the_extension_template():
@@ -55,7 +58,7 @@ def test_ui_names_used_by_the_module_exist():
 
 def test_library_never_imports_slicer_or_qt():
     banned = {"slicer", "qt", "ctk", "vtk", "PySide6", "PyQt5", "PythonQt"}
-    allowed = {"mrml.py"}  # the MRML helpers import slicer by design
+    allowed = {"mrml.py"}  # the MRML helpers import slicer and vtk (never Qt) by design
     for p in LIB.rglob("*.py"):
         if p.name in allowed:
             continue
@@ -97,3 +100,12 @@ def test_cmake_configures_with_a_stub_slicer(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "scripted module MRISynthLib: ok" in r.stdout and "scripted module MRISynth: ok" in r.stdout
+
+
+def test_extensions_index_entry_matches_cmake():
+    import json
+
+    entry = json.loads((ROOT / "docs/ExtensionsIndex/MRISynth.json").read_text())
+    t = (ROOT / "CMakeLists.txt").read_text()
+    assert entry["category"] in t and entry["build_dependencies"] == ["PyTorch"]
+    assert entry["scm_url"].startswith("https://") and entry["build_subdirectory"] == "."

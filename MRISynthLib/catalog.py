@@ -1,0 +1,110 @@
+"""Model catalog: which weights exist, their checksums, where they are, how to load them.
+
+The catalog is ``MRISynthLib/Resources/models/catalog.json``: a versioned list of model
+cards (id, version, task, architecture config, weights file, SHA256, license, citation,
+training data and protocol, measured metrics and timings). Shipped weights sit beside it
+in the same folder; a card with a ``url`` instead is downloaded once into the per-user
+cache (``MRISYNTH_CACHE`` or ``~/.cache/mrisynth/models``), checksum-verified, and never
+downloaded again. Loading always verifies the SHA256 and refuses a mismatch.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .config import PACKAGE_DIR, cache_dir
+from .data.download import ChecksumError, download, verify
+from .fileutil import atomic_output
+
+MODELS_DIR = PACKAGE_DIR / "Resources" / "models"
+CATALOG_FILE = MODELS_DIR / "catalog.json"
+CATALOG_VERSION = 1
+
+
+@dataclass
+class ModelCard:
+    id: str
+    version: str
+    task: str
+    architecture: dict
+    weights: str                 # file name (shipped beside the catalog, or cached)
+    sha256: str
+    license: str = "BSD-3-Clause"
+    citation: str = ""
+    url: Optional[str] = None    # download source when not shipped
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+    description: str = ""
+
+    def shipped_path(self) -> Path:
+        return MODELS_DIR / self.weights
+
+    def cached_path(self) -> Path:
+        return cache_dir() / "models" / self.weights
+
+
+def load_catalog(path: Path = CATALOG_FILE) -> Dict[str, ModelCard]:
+    if not Path(path).exists():
+        return {}
+    data = json.loads(Path(path).read_text())
+    if data.get("catalog_version") != CATALOG_VERSION:
+        raise ValueError(f"{path}: unsupported catalog version {data.get('catalog_version')}")
+    return {m["id"]: ModelCard(**m) for m in data["models"]}
+
+
+def save_catalog(cards: Dict[str, ModelCard], path: Path = CATALOG_FILE) -> None:
+    payload = {"catalog_version": CATALOG_VERSION,
+               "models": [asdict(c) for c in sorted(cards.values(), key=lambda c: c.id)]}
+    with atomic_output(path, suffix=".json") as tmp:
+        Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def get_card(model_id: str, catalog: Optional[Dict[str, ModelCard]] = None) -> ModelCard:
+    cat = load_catalog() if catalog is None else catalog
+    if model_id not in cat:
+        raise ValueError(f"unknown model {model_id!r}; the catalog has {sorted(cat)}")
+    return cat[model_id]
+
+
+def list_models(task: Optional[str] = None) -> List[ModelCard]:
+    return [c for c in load_catalog().values() if task is None or c.task == task]
+
+
+def weights_path(card: ModelCard, progress: bool = True) -> Path:
+    """Path of verified weights: shipped file, else cached download (fetched once)."""
+    p = card.shipped_path()
+    if p.exists():
+        verify(p, card.sha256)
+        return p
+    if card.url is None:
+        raise FileNotFoundError(f"weights {card.weights} for {card.id} are not shipped and have no download URL")
+    return download(card.url, card.cached_path(), card.sha256, progress=progress)
+
+
+def load_state_dict(card: ModelCard, progress: bool = True):
+    """The card's weights as a float32 state dict; raises ChecksumError on mismatch."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(weights_path(card, progress=progress)))
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def save_weights(state_dict, path, fp16: bool = True) -> str:
+    """Write a state dict as safetensors (floating tensors in fp16 if asked); returns SHA256."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .data.download import sha256sum
+
+    sd = {k: (v.detach().to(torch.float16) if fp16 and v.is_floating_point() else v.detach()).contiguous()
+          for k, v in state_dict.items()}
+    with atomic_output(path, suffix=".safetensors") as tmp:
+        save_file(sd, tmp, metadata={"format": "pt"})
+    return sha256sum(path)
+
+
+__all__ = ["ModelCard", "ChecksumError", "load_catalog", "save_catalog", "get_card", "list_models",
+           "weights_path", "load_state_dict", "save_weights", "MODELS_DIR"]

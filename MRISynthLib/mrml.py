@@ -1,0 +1,167 @@
+"""MRML <-> numpy helpers for the Slicer module (imports slicer and vtk, never Qt).
+
+They run on real MRML nodes, in Slicer and in plain Python with the ``slicer-core``
+package. Geometry: a volume node's IJK->RAS matrix is converted to the LPS
+spacing/origin/direction of :class:`MRISynthLib.data.io.Volume` and back
+(``diag(-1, -1, 1)``). Arrays from ``slicer.util.arrayFromVolume`` are (K, J, I) like
+SimpleITK's, so no transposition is needed.
+
+Dtype rules for scalar volume nodes: float32, float64 (stored as float32), int8/16/32 and
+uint8/16/32 are kept; bool becomes uint8, int64/uint64 become int32 when their values fit
+(else an error), float16 becomes float32; complex data is refused (store magnitude and
+phase, or keep k-space in HDF5).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import slicer
+import vtk
+
+from .data.io import Volume, geometry_from_ijk_to_ras, ijk_to_ras
+
+ALLOWED_DTYPES = {np.dtype(t) for t in ("float32", "int8", "uint8", "int16", "uint16", "int32", "uint32")}
+
+
+def scalar_array_for_mrml(arr: np.ndarray) -> np.ndarray:
+    """Convert an array to a dtype a scalar volume node can hold (see module doc)."""
+    arr = np.asarray(arr)
+    if np.iscomplexobj(arr):
+        raise ValueError("complex arrays cannot be stored in a scalar volume; use magnitude/phase")
+    if arr.dtype in ALLOWED_DTYPES:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.dtype in (np.float64, np.float16):
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(np.int32)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise ValueError(f"{arr.dtype} values do not fit in int32")
+        return arr.astype(np.int32)
+    raise ValueError(f"unsupported dtype {arr.dtype}")
+
+
+def node_ijk_to_ras(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def volume_from_node(node) -> Volume:
+    """A copy of a scalar volume node's voxels and geometry (LPS) as a Volume."""
+    if node is None or node.GetImageData() is None:
+        raise ValueError("the input volume node has no image data")
+    arr = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    spacing, origin, direction = geometry_from_ijk_to_ras(node_ijk_to_ras(node))
+    return Volume(arr, spacing, origin, direction)
+
+
+def set_node_geometry(node, vol: Volume) -> None:
+    m = ijk_to_ras(vol)
+    vm = vtk.vtkMatrix4x4()
+    for i in range(4):
+        for j in range(4):
+            vm.SetElement(i, j, float(m[i, j]))
+    node.SetIJKToRASMatrix(vm)
+
+
+def write_volume_node(scene, vol: Volume, name: str, output_node=None, reference_node=None):
+    """Put ``vol`` into ``output_node`` (or a new scalar volume node named ``name``).
+
+    Refuses to write into ``reference_node`` (the input). The new node goes under the
+    reference node's parent in the subject hierarchy (its study), when there is one.
+    """
+    if output_node is not None and reference_node is not None and output_node is reference_node:
+        raise ValueError("the output volume must not be the input volume")
+    arr = scalar_array_for_mrml(vol.array)
+    if arr.ndim == 2:
+        arr = arr[None]
+        vol = Volume(arr, tuple(vol.spacing) + (1.0,) if len(vol.spacing) == 2 else vol.spacing,
+                     tuple(vol.origin) + (0.0,) if len(vol.origin) == 2 else vol.origin,
+                     (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0) if len(vol.direction) == 4 else vol.direction)
+    node = output_node or scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(arr))
+    set_node_geometry(node, vol)
+    if reference_node is not None:
+        place_in_study(scene, node, reference_node)
+    return node
+
+
+def place_in_study(scene, node, reference_node) -> None:
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if sh is None:
+        return
+    ref_item = sh.GetItemByDataNode(reference_node)
+    if not ref_item:
+        return
+    parent = sh.GetItemParent(ref_item)
+    if not parent:
+        return
+    item = sh.GetItemByDataNode(node)
+    if item:
+        sh.SetItemParent(item, parent)
+    else:  # outside Slicer's application no plugin adds the item for us
+        sh.CreateItem(parent, node)
+
+
+def remove_node(scene, node) -> None:
+    if node is not None and scene.IsNodePresent(node):
+        scene.RemoveNode(node)
+
+
+def acquisition_from_node(node) -> dict:
+    """TE/TR/TI/flip (seconds, degrees) from a DICOM-loaded node's instance UIDs, if any.
+
+    Works in Slicer (needs the DICOM database); returns {} elsewhere.
+    """
+    out = {}
+    try:
+        uids = node.GetAttribute("DICOM.instanceUIDs")
+        db = getattr(slicer, "dicomDatabase", None)
+        if not uids or db is None:
+            return out
+        first = uids.split()[0]
+        for key, tag, scale in (("te", "0018,0081", 1e-3), ("tr", "0018,0080", 1e-3),
+                                ("ti", "0018,0082", 1e-3), ("flip", "0018,1314", 1.0)):
+            v = db.instanceValue(first, tag)
+            if v:
+                out[key] = float(v.split("\\")[0]) * scale
+    except Exception:  # a header we cannot read simply gives no defaults
+        return {}
+    return out
+
+
+def reparameterize_node(scene, input_node, target_te: float, target_tr: float, input_te: Optional[float] = None,
+                        input_tr: Optional[float] = None, model="d2p", device="auto", output_node=None,
+                        cancel=None, progress_callback=None):
+    """Re-parameterize a scalar volume node into a new (or the given) output node.
+
+    Input TE/TR default to the node's DICOM header. The input node is never modified;
+    the output is written only after the whole volume is computed, so an error or a
+    cancel leaves no partial node behind.
+    """
+    from .tasks.reparam import reparameterize
+
+    if output_node is not None and output_node is input_node:
+        raise ValueError("the output volume must not be the input volume")
+    vol = volume_from_node(input_node)
+    acq = acquisition_from_node(input_node)
+    input_te = acq.get("te") if input_te is None else input_te
+    input_tr = acq.get("tr") if input_tr is None else input_tr
+    if input_te is None or input_tr is None:
+        raise ValueError("the input TE and TR are needed (they are not in the volume's DICOM header)")
+    out = reparameterize(vol, input_te, input_tr, target_te, target_tr, model=model, device=device,
+                         cancel=cancel, progress_callback=progress_callback)
+    name = f"{input_node.GetName()}_TE{target_te * 1e3:.0f}_TR{target_tr * 1e3:.0f}"
+    return write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
+
+
+def new_scene():
+    """A fresh MRML scene (for the console and tests outside Slicer)."""
+    return slicer.vtkMRMLScene()
+
+
+__all__ = ["volume_from_node", "write_volume_node", "scalar_array_for_mrml", "place_in_study", "remove_node",
+           "acquisition_from_node", "new_scene", "node_ijk_to_ras", "reparameterize_node"]

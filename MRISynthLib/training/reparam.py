@@ -1,0 +1,250 @@
+"""Training of the re-parameterization models, in the paper's two phases.
+
+Phase 1, :func:`train_autoencoder`: the END autoencoder learns to reconstruct varied
+MR-like images. The paper pre-trained on Places-365, which is not available here; we
+pre-train instead on (a) spin-echo images of the BrainWeb training slices at random
+(TE, TR) with randomised tissue properties and (b) magnitudes of the first 150 SIAT
+complex head slices (real scans; the last 50 are never used for training).
+
+Phase 2, :func:`train_paramnet`: the autoencoder is frozen; Param-Net (Xavier/Glorot
+initialised) is trained with MSE and Adam on the paper-protocol data set's training pairs
+and slices. Training is progressive: first at a reduced image size (the networks are
+fully convolutional, so the same weights apply), then at the full 256 x 256.
+
+Both are seeded, resumable (a checkpoint is written every ``ckpt_every`` steps and on
+Ctrl-C), show a progress bar, and append to a CSV loss log.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..fileutil import atomic_output
+from ..models.paramnet import ReparamConfig, ReparamModel, encode_params, xavier_init
+
+
+class PaperData:
+    """The paper-protocol HDF5 file loaded into memory, with its split."""
+
+    def __init__(self, path):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != "mrisynth-paper-protocol":
+                raise ValueError(f"{path} is not a paper-protocol data set (make it with `make-dataset`)")
+            self.targets = f["targets"][()]
+            self.defaults = f["defaults"][()]
+            self.default_group = f["default_group"][()]
+            self.te = f["te"][()].astype(np.float32)
+            self.tr = f["tr"][()].astype(np.float32)
+            self.pair_is_test = f["pair_is_test"][()]
+            self.slice_is_test = f["slice_is_test"][()]
+            self.slice_z = f["slice_z"][()]
+            self.default_te = float(f.attrs["default_te"])
+            self.default_tr = float(f.attrs["default_tr"])
+        self.train_pairs = np.flatnonzero(~self.pair_is_test)
+        self.test_pairs = np.flatnonzero(self.pair_is_test)
+        self.train_slices = np.flatnonzero(~self.slice_is_test)
+        self.test_slices = np.flatnonzero(self.slice_is_test)
+
+    @staticmethod
+    def to_unit(u8) -> torch.Tensor:
+        """uint8 images -> float tensor in [-1, 1] with a channel axis."""
+        return torch.from_numpy(np.asarray(u8, np.float32) / 127.5 - 1.0).unsqueeze(-3)
+
+    def default_image(self, pair, sl):
+        return self.defaults[self.default_group[pair], sl]
+
+    def batch(self, mode: str, rng: np.random.Generator, n: int, test: bool = False):
+        """A random batch: (input [-1, 1], params, target [-1, 1])."""
+        pairs = self.test_pairs if test else self.train_pairs
+        slices = self.test_slices if test else self.train_slices
+        b = rng.choice(pairs, n)
+        s = rng.choice(slices, n)
+        tgt = self.targets[b, s]
+        if mode == "d2p":
+            inp = np.stack([self.default_image(bi, si) for bi, si in zip(b, s)])
+            params = encode_params("d2p", self.te[b], self.tr[b])
+        else:
+            a = rng.choice(pairs, n)
+            # one input in four is the default acquisition, the others another random pair
+            use_default = rng.uniform(size=n) < 0.25
+            inp = np.stack([self.default_image(bi, si) if d else self.targets[ai, si]
+                            for ai, bi, si, d in zip(a, b, s, use_default)])
+            in_te = np.where(use_default, self.default_te, self.te[a])
+            in_tr = np.where(use_default, self.default_tr, self.tr[a])
+            params = encode_params("p2p", self.te[b], self.tr[b], in_te, in_tr)
+        return self.to_unit(inp), params, self.to_unit(tgt)
+
+
+def _resize(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+    if size is None or x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="area")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 8
+    lr: float = 1e-3
+    low_res: int = 128           # size for the first part of training
+    low_res_fraction: float = 0.6
+    seed: int = 0
+    ckpt_every: int = 200
+    threads: Optional[int] = None
+
+
+def _save_ckpt(path: Path, **state):
+    with atomic_output(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _lr_at(step, total, base):
+    # linear warm-up over 100 steps, cosine decay to 5% of the base rate
+    warm = min(1.0, (step + 1) / 100)
+    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0))))
+
+
+def autoencoder_pool(data: PaperData, n_sim: int = 600, n_siat: int = 150, size: int = 256, seed: int = 0,
+                     progress: bool = True) -> np.ndarray:
+    """Varied MR-like images (uint8) for autoencoder pre-training (see module doc)."""
+    from ..config import data_file
+    from ..data.simulate import brain_slices, normalize_8bit, resize_slices, sample_te_tr
+    from ..physics.phantoms import Phantom, brainweb_phantom
+    from ..physics.signal import SequenceParams
+    from ..physics.tissues import jitter_table
+
+    rng = np.random.default_rng(seed)
+    ph = brainweb_phantom(voxel_mm=2.0, table="mrilab_full")
+    # the data set's held-out slices (and their neighbours) stay out of pre-training too
+    held_out = {int(z) + d for z in data.slice_z[data.slice_is_test] for d in (-1, 0, 1)}
+    zs = [z for z in brain_slices(ph, 60, coverage=0.95) if z not in held_out]
+    imgs = []
+    te, tr = sample_te_tr(n_sim, rng)
+    for i in tqdm(range(n_sim), desc="AE pool: simulated", disable=not progress):
+        z = int(rng.choice(zs))
+        sub = Phantom(ph.fractions[:, z:z + 1], ph.spacing, ph.origin, table=ph.table)
+        img = sub.render(SequenceParams("se", float(te[i]), float(tr[i])), jitter_table(ph.table, rng))[0]
+        imgs.append(resize_slices(img, size))
+    try:
+        import h5py
+
+        with h5py.File(data_file("siat/siat200.h5"), "r") as f:
+            mags = np.abs(f["images"][:n_siat])
+        imgs.extend(resize_slices(mags.astype(np.float32), size))
+    except FileNotFoundError:
+        pass
+    u8, _ = normalize_8bit(np.stack(imgs))
+    return u8
+
+
+def train_autoencoder(cfg: ReparamConfig, pool: np.ndarray, out_dir, tc: TrainConfig, progress: bool = True):
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    model = ReparamModel(cfg)
+    ae = model.autoencoder
+    xavier_init(ae)
+    opt = torch.optim.Adam(ae.parameters(), lr=tc.lr)
+    ckpt = out_dir / "autoencoder_ckpt.pt"
+    start = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        ae.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
+        start = st["step"]
+    rng = np.random.default_rng([tc.seed, start])
+    log = open(out_dir / "autoencoder_loss.csv", "a", newline="")
+    wr = csv.writer(log)
+    ae.train()
+    step = start
+    try:
+        for step in tqdm(range(start, tc.steps), desc="autoencoder", initial=start, total=tc.steps,
+                         disable=not progress):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, tc.steps, tc.lr)
+            size = tc.low_res if step < tc.low_res_fraction * tc.steps else None
+            x = _resize(PaperData.to_unit(pool[rng.integers(0, len(pool), tc.batch)]), size)
+            if rng.uniform() < 0.5:
+                x = x.flip(-1)
+            # at the reduced size the 8 stride-2 decoder steps overshoot the input size
+            # (the bottleneck stays 1 x 1): compare at the input's size
+            loss = F.mse_loss(_resize(ae(x), x.shape[-1]), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            wr.writerow([step, f"{loss.item():.6f}", x.shape[-1]])
+            if (step + 1) % tc.ckpt_every == 0:
+                _save_ckpt(ckpt, model=ae.state_dict(), opt=opt.state_dict(), step=step + 1)
+                log.flush()
+        step = tc.steps
+    finally:
+        _save_ckpt(ckpt, model=ae.state_dict(), opt=opt.state_dict(), step=step)
+        log.close()
+    return ae
+
+
+def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict, out_dir, tc: TrainConfig,
+                   progress: bool = True) -> ReparamModel:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    model = ReparamModel(cfg)
+    model.autoencoder.load_state_dict(autoencoder_state)
+    model.autoencoder.eval().requires_grad_(False)
+    xavier_init(model.paramnet)
+    opt = torch.optim.Adam(model.paramnet.parameters(), lr=tc.lr)
+    ckpt = out_dir / f"paramnet_{cfg.mode}_ckpt.pt"
+    start = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        model.paramnet.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
+        start = st["step"]
+    rng = np.random.default_rng([tc.seed, start, 1])
+    log = open(out_dir / f"paramnet_{cfg.mode}_loss.csv", "a", newline="")
+    wr = csv.writer(log)
+    model.paramnet.train()
+    step = start
+    t0 = time.time()
+    try:
+        bar = tqdm(range(start, tc.steps), desc=f"param-net {cfg.mode}", initial=start, total=tc.steps,
+                   disable=not progress)
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, tc.steps, tc.lr)
+            size = tc.low_res if step < tc.low_res_fraction * tc.steps else None
+            x, p, y = data.batch(cfg.mode, rng, tc.batch)
+            x, y = _resize(x, size), _resize(y, size)
+            if rng.uniform() < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            loss = F.mse_loss(model(x, p), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            # PSNR on the 0-255 scale of this training batch, for the log
+            bpsnr = 10 * math.log10(4.0 / max(loss.item(), 1e-12))
+            wr.writerow([step, f"{loss.item():.6f}", f"{bpsnr:.2f}", x.shape[-1], f"{time.time() - t0:.1f}"])
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.5f}", psnr=f"{bpsnr:.1f}")
+            if (step + 1) % tc.ckpt_every == 0:
+                _save_ckpt(ckpt, model=model.paramnet.state_dict(), opt=opt.state_dict(), step=step + 1)
+                log.flush()
+        step = tc.steps
+    finally:
+        _save_ckpt(ckpt, model=model.paramnet.state_dict(), opt=opt.state_dict(), step=step)
+        log.close()
+    model.eval()
+    return model

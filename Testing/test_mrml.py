@@ -1,0 +1,95 @@
+"""MRML logic on real MRML nodes (slicer-core package)."""
+import numpy as np
+import pytest
+import torch
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+
+from MRISynthLib import mrml  # noqa: E402
+from MRISynthLib.data import io  # noqa: E402
+from MRISynthLib.models.paramnet import ReparamConfig, ReparamModel, xavier_init  # noqa: E402
+from MRISynthLib.tasks import Cancelled  # noqa: E402
+
+
+@pytest.fixture
+def scene_and_node():
+    scene = mrml.new_scene()
+    rng = np.random.default_rng(0)
+    vol = io.Volume(rng.uniform(0, 300, (4, 24, 20)).astype(np.float32), spacing=(0.8, 0.9, 2.5),
+                    origin=(10.0, -5.0, 30.0), direction=(0, 1, 0, 1, 0, 0, 0, 0, -1))
+    node = mrml.write_volume_node(scene, vol, "T2w")
+    return scene, node, vol
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    m = ReparamModel(ReparamConfig("p2p", widths="tiny"))
+    xavier_init(m)
+    return m.eval()
+
+
+def test_node_roundtrip_keeps_geometry(scene_and_node):
+    scene, node, vol = scene_and_node
+    back = mrml.volume_from_node(node)
+    np.testing.assert_array_equal(back.array, vol.array)
+    np.testing.assert_allclose(back.spacing, vol.spacing)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-9)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-12)
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(node), io.ijk_to_ras(vol), atol=1e-9)
+
+
+def test_dtype_rules():
+    assert mrml.scalar_array_for_mrml(np.zeros(3, np.float64)).dtype == np.float32
+    assert mrml.scalar_array_for_mrml(np.zeros(3, bool)).dtype == np.uint8
+    assert mrml.scalar_array_for_mrml(np.zeros(3, np.int64)).dtype == np.int32
+    assert mrml.scalar_array_for_mrml(np.zeros(3, np.float16)).dtype == np.float32
+    assert mrml.scalar_array_for_mrml(np.zeros(3, np.int16)).dtype == np.int16
+    with pytest.raises(ValueError, match="complex"):
+        mrml.scalar_array_for_mrml(np.zeros(3, np.complex64))
+    with pytest.raises(ValueError, match="int32"):
+        mrml.scalar_array_for_mrml(np.array([2 ** 40]))
+
+
+def test_reparameterize_node_new_output_same_geometry_input_unchanged(scene_and_node, tiny):
+    scene, node, vol = scene_and_node
+    before = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    n_before = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    out = mrml.reparameterize_node(scene, node, 0.1, 3.0, input_te=0.05, input_tr=4.5, model=tiny)
+    assert out is not node and out.GetName().startswith("T2w_TE100_TR3000")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_before + 1
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(out), mrml.node_ijk_to_ras(node))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    arr = slicer.util.arrayFromVolume(out)
+    assert arr.shape == before.shape and arr.dtype == np.float32
+    # into a user-chosen node; never into the input
+    target = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mine")
+    assert mrml.reparameterize_node(scene, node, 0.1, 3.0, 0.05, 4.5, model=tiny, output_node=target) is target
+    with pytest.raises(ValueError, match="must not be the input"):
+        mrml.reparameterize_node(scene, node, 0.1, 3.0, 0.05, 4.5, model=tiny, output_node=node)
+    with pytest.raises(ValueError, match="TE and TR are needed"):
+        mrml.reparameterize_node(scene, node, 0.1, 3.0, model=tiny)
+
+
+def test_cancel_and_errors_leave_no_partial_node(scene_and_node, tiny):
+    scene, node, _ = scene_and_node
+    n = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    with pytest.raises(Cancelled):
+        mrml.reparameterize_node(scene, node, 0.1, 3.0, 0.05, 4.5, model=tiny, cancel=lambda: True)
+    with pytest.raises(ValueError, match="shorter than TR"):
+        mrml.reparameterize_node(scene, node, 4.0, 3.0, 0.05, 4.5, model=tiny)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n
+
+
+def test_output_goes_under_the_input_study():
+    scene = mrml.new_scene()
+    node = mrml.write_volume_node(scene, io.Volume(np.ones((2, 8, 8), np.float32)), "in")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateFolderItem(sh.CreateFolderItem(sh.GetSceneItemID(), "patient"), "study")
+    item = sh.GetItemByDataNode(node)
+    if item:
+        sh.SetItemParent(item, study)
+    else:
+        sh.CreateItem(study, node)
+    out = mrml.write_volume_node(scene, io.Volume(np.zeros((2, 8, 8), np.float32)), "out", reference_node=node)
+    assert sh.GetItemParent(sh.GetItemByDataNode(out)) == study

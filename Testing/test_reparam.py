@@ -1,0 +1,159 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from MRISynthLib import catalog
+from MRISynthLib.data import io
+from MRISynthLib.data.download import ChecksumError
+from MRISynthLib.models.paramnet import (ENDAutoencoder, ReparamConfig, ReparamModel, encode_params,
+                                         xavier_init)
+from MRISynthLib.tasks import Cancelled
+from MRISynthLib.tasks.reparam import reparameterize
+
+
+@pytest.fixture(scope="module")
+def tiny_p2p():
+    torch.manual_seed(0)
+    m = ReparamModel(ReparamConfig("p2p", widths="tiny"))
+    xavier_init(m)
+    return m.eval()
+
+
+def test_autoencoder_encoder_has_8_levels_and_reconstructs_size():
+    ae = ENDAutoencoder([4, 4, 8, 8, 8, 8, 8, 8]).eval()
+    x = torch.randn(2, 1, 256, 256)
+    feats = ae.encoder(x)
+    assert [f.shape[-1] for f in feats] == [128, 64, 32, 16, 8, 4, 2, 1]
+    y = ae(x)
+    assert y.shape == x.shape and y.abs().max() <= 1
+
+
+@pytest.mark.parametrize("hw", [(256, 256), (100, 120), (300, 64)])
+def test_reparam_model_any_size(tiny_p2p, hw):
+    x = torch.rand(2, 1, *hw) * 2 - 1
+    p = encode_params("p2p", torch.tensor([0.1, 0.08]), torch.tensor([3.0, 2.0]),
+                      torch.tensor([0.05, 0.05]), torch.tensor([4.5, 4.5]))
+    with torch.no_grad():
+        y = tiny_p2p(x, p)
+    assert y.shape == x.shape and y.abs().max() <= 1
+
+
+def test_parameters_reach_the_output(tiny_p2p):
+    # Default-to-Param: same image, different target parameters in one batch -> different outputs
+    torch.manual_seed(1)
+    m = ReparamModel(ReparamConfig("d2p", widths="tiny"))
+    xavier_init(m)
+    for mod in m.modules():  # non-trivial conditioning (the FiLM layers start at zero)
+        if isinstance(mod, torch.nn.Linear):
+            torch.nn.init.normal_(mod.weight, std=0.5)
+    m.eval()
+    x = torch.rand(1, 1, 256, 256).expand(2, -1, -1, -1)
+    p = encode_params("d2p", torch.tensor([0.02, 0.5]), torch.tensor([1.5, 9.0]))
+    assert p.shape == (2, 4)
+    with torch.no_grad():
+        y = m(x, p)
+    assert (y[0] - y[1]).abs().mean() > 1e-3
+    # broadcast: each sample's result equals running it alone
+    with torch.no_grad():
+        y1 = m(x[:1], p[1:])
+    torch.testing.assert_close(y[1:], y1, atol=2e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="input TE"):
+        encode_params("p2p", torch.tensor([0.1]), torch.tensor([3.0]))
+    assert encode_params("p2p", *(torch.tensor([0.1]),) * 4).shape == (1, 8)
+    with pytest.raises(ValueError):
+        ReparamConfig("x2y")
+    with pytest.raises(ValueError, match="width preset"):
+        ReparamConfig("d2p", widths="huge")
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    from test_simulate_cli import toy_phantom
+
+    from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset
+    from MRISynthLib.training.reparam import PaperData, TrainConfig, train_paramnet
+
+    p = make_paper_dataset(tmp_path / "d.h5", ProtocolConfig(n_pairs=12, n_slices=6, size=64, seed=1),
+                           progress=False, phantom=toy_phantom())
+    data = PaperData(p)
+    cfg = ReparamConfig("d2p", widths="tiny")
+    ae = ReparamModel(cfg).autoencoder.state_dict()
+    torch.manual_seed(0)
+    train_paramnet(cfg, data, ae, tmp_path / "run", TrainConfig(steps=40, batch=4, lr=2e-3, low_res_fraction=0,
+                                                                ckpt_every=20), progress=False)
+    rows = [line.split(",") for line in (tmp_path / "run/paramnet_d2p_loss.csv").read_text().splitlines()]
+    losses = np.array([float(r[1]) for r in rows])
+    assert losses[-10:].mean() < 0.5 * losses[:5].mean()
+    # resumable: a second call continues from the checkpoint (no new steps when done)
+    train_paramnet(cfg, data, ae, tmp_path / "run", TrainConfig(steps=40, batch=4, low_res_fraction=0),
+                   progress=False)
+    assert len((tmp_path / "run/paramnet_d2p_loss.csv").read_text().splitlines()) == 40
+
+
+def test_weights_checksum_is_verified_and_download_is_cached(tmp_path, monkeypatch, tiny_p2p):
+    w = tmp_path / "w.safetensors"
+    sha = catalog.save_weights(tiny_p2p.state_dict(), w)
+    monkeypatch.setattr(catalog, "MODELS_DIR", tmp_path / "shipped")
+    monkeypatch.setenv("MRISYNTH_CACHE", str(tmp_path / "cache"))
+    card = catalog.ModelCard(id="t", version="1", task="reparam", architecture=tiny_p2p.cfg.to_dict(),
+                             weights="w.safetensors", sha256=sha, url=w.as_uri())
+    sd = catalog.load_state_dict(card, progress=False)  # downloaded into the cache
+    assert (tmp_path / "cache/models/w.safetensors").exists()
+    net = ReparamModel(ReparamConfig(**card.architecture))
+    net.load_state_dict(sd)
+    for k, v in tiny_p2p.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(sd[k], v.half().float())
+    bad = catalog.ModelCard(**{**card.__dict__, "sha256": "0" * 64})
+    with pytest.raises(ChecksumError):
+        catalog.load_state_dict(bad, progress=False)
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped/w.safetensors").write_bytes(w.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(ChecksumError):
+        catalog.load_state_dict(card, progress=False)
+
+
+def test_catalog_roundtrip(tmp_path):
+    c = catalog.ModelCard(id="a", version="1", task="reparam", architecture={"mode": "d2p"}, weights="a.st",
+                          sha256="ab", metrics={"psnr_mean": 30.0})
+    catalog.save_catalog({"a": c}, tmp_path / "cat.json")
+    back = catalog.load_catalog(tmp_path / "cat.json")
+    assert back["a"] == c
+    with pytest.raises(ValueError, match="unknown model"):
+        catalog.get_card("zzz", back)
+
+
+def test_reparameterize_keeps_geometry_and_input(tiny_p2p):
+    rng = np.random.default_rng(0)
+    arr = rng.uniform(0, 500, (3, 40, 56)).astype(np.float32)
+    vol = io.Volume(arr.copy(), spacing=(0.9, 0.9, 3.0), origin=(5.0, 6.0, 7.0),
+                    direction=(0, 1, 0, 1, 0, 0, 0, 0, -1))
+    out = reparameterize(vol, 0.05, 4.5, 0.1, 3.0, model=tiny_p2p)
+    assert isinstance(out, io.Volume) and out.array.shape == arr.shape and out.array.dtype == np.float32
+    assert out.spacing == vol.spacing and out.origin == vol.origin and out.direction == vol.direction
+    np.testing.assert_array_equal(vol.array, arr)  # input untouched
+    assert (out.array >= 0).all() and out.array.max() <= arr.max() + 1e-3
+    one = reparameterize(arr[1], 0.05, 4.5, 0.1, 3.0, model=tiny_p2p)
+    np.testing.assert_allclose(one, out.array[1], rtol=1e-4, atol=1e-3)  # slice-by-slice == 2D call
+    zeros = reparameterize(np.zeros((2, 16, 16)), 0.05, 4.5, 0.1, 3.0, model=tiny_p2p)
+    assert not zeros.any()
+
+
+def test_reparameterize_validates_warns_and_cancels(tiny_p2p):
+    img = np.ones((32, 32), np.float32)
+    with pytest.raises(ValueError, match="shorter than TR"):
+        reparameterize(img, 0.05, 4.5, 3.0, 3.0, model=tiny_p2p)
+    with pytest.raises(ValueError, match="NaN"):
+        reparameterize(np.full((8, 8), np.nan), 0.05, 4.5, 0.1, 3.0, model=tiny_p2p)
+    with pytest.raises(ValueError, match="2D image or a 3D"):
+        reparameterize(np.ones((2, 2, 8, 8)), 0.05, 4.5, 0.1, 3.0, model=tiny_p2p)
+    with pytest.raises(ValueError, match="real-valued"):
+        reparameterize(np.ones((8, 8), np.complex64), 0.05, 4.5, 0.1, 3.0, model=tiny_p2p)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        reparameterize(img, 0.05, 4.5, 0.005, 20.0, model=tiny_p2p)
+    assert any("outside the trained range" in str(x.message) for x in w)
+    with pytest.raises(Cancelled):
+        reparameterize(np.ones((4, 16, 16)), 0.05, 4.5, 0.1, 3.0, model=tiny_p2p, batch_size=1,
+                       cancel=lambda: True)

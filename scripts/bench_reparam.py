@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Benchmark of TE/TR re-parameterization on the held-out paper-protocol test set.
+
+    python scripts/bench_reparam.py [--data runs/paper.h5] [--update-catalog]
+
+The test set is the paper-protocol file's held-out (TE, TR) pairs x held-out slices
+(40 x 5 = 200 images with the default data set). Prints PSNR (0-255 scale) and MAE,
+mean +/- standard deviation over the test images, for
+
+* identity: the input copied as the prediction,
+* analytic oracle: the target rendered from the phantom's effective (partial-volume
+  averaged) PD/T1/T2 maps with the signal equation - the ceiling of any method that
+  estimates maps, since mixed voxels are not single-tissue,
+* Default-to-Param (input: the default TE 50 ms / TR 4.5 s image),
+* Param-to-Param (input: the same slice at another held-out pair, fixed by the seed),
+
+beside the paper's Table 1 and the targets, then CPU (and CUDA, when present) speed per
+256x256 slice and per 256x256x180 volume, and writes an example figure.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from MRISynthLib import catalog  # noqa: E402
+from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset, normalize_8bit, resize_slices  # noqa: E402
+from MRISynthLib.metrics import mae, psnr  # noqa: E402
+from MRISynthLib.models.paramnet import encode_params  # noqa: E402
+from MRISynthLib.physics.phantoms import brainweb_phantom, render_maps  # noqa: E402
+from MRISynthLib.physics.signal import SequenceParams  # noqa: E402
+from MRISynthLib.tasks.reparam import load_model, reparameterize  # noqa: E402
+from MRISynthLib.training.reparam import PaperData  # noqa: E402
+
+PAPER = {"d2p": (30.34, 1.04, 5.25), "p2p": (24.80, 1.68, 9.51)}
+TARGET = {"d2p": 36.0, "p2p": 33.0}
+
+
+def to_u8(y):
+    return np.clip(np.round((y + 1) * 127.5), 0, 255)
+
+
+def predict(net, mode, x_u8, te, tr, in_te=None, in_tr=None, batch=8):
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x_u8), batch):
+            x = PaperData.to_unit(x_u8[i:i + batch])
+            p = encode_params(mode, te[i:i + batch], tr[i:i + batch],
+                              None if in_te is None else in_te[i:i + batch],
+                              None if in_tr is None else in_tr[i:i + batch])
+            out.append(to_u8(net(x, p)[:, 0].numpy()))
+    return np.concatenate(out)
+
+
+def stats(preds, gts):
+    p = np.array([psnr(a, b) for a, b in zip(preds, gts)])
+    m = np.array([mae(a, b) for a, b in zip(preds, gts)])
+    return {"psnr_mean": round(float(p.mean()), 2), "psnr_std": round(float(p.std()), 2),
+            "mae_mean": round(float(m.mean()), 2), "mae_std": round(float(m.std()), 2), "n": len(p)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="runs/paper.h5")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--figure", default="docs/reparam_examples.png")
+    ap.add_argument("--update-catalog", action="store_true")
+    ap.add_argument("--volume-slices", type=int, default=180)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    if not Path(a.data).exists():
+        make_paper_dataset(a.data, ProtocolConfig(seed=0))
+    d = PaperData(a.data)
+    import h5py
+    with h5py.File(a.data, "r") as f:
+        cfg = json.loads(f.attrs["config"])
+    rng = np.random.default_rng(a.seed)
+    P, S = d.test_pairs, d.test_slices
+    bb, ss = np.meshgrid(P, S, indexing="ij")
+    bb, ss = bb.ravel(), ss.ravel()
+    gts = d.targets[bb, ss].astype(np.float64)
+    # P2P inputs: each test pair takes another held-out pair's image of the same slice
+    partner = {b: rng.choice(P[P != b]) for b in P}
+    aa = np.array([partner[b] for b in bb])
+
+    rows = {}
+    rows["identity (D2P input)"] = stats(np.stack([d.default_image(b, s) for b, s in zip(bb, ss)]), gts)
+    rows["identity (P2P input)"] = stats(d.targets[aa, ss], gts)
+    # analytic oracle from the effective maps on the same grid and resize
+    ph = brainweb_phantom(voxel_mm=cfg["voxel_mm"], table=cfg["table"])
+    maps = ph.maps()
+    zs = d.slice_z
+    oracle = []
+    for b, s in zip(bb, ss):
+        seq = SequenceParams("se", float(d.te[b]), float(d.tr[b]), exact=cfg["exact"])
+        img = render_maps({k: v[zs[s]] for k, v in maps.items()}, seq)
+        oracle.append(normalize_8bit(resize_slices(img, cfg["size"]))[0])
+    rows["analytic oracle (effective maps)"] = stats(np.stack(oracle), gts)
+
+    results = {}
+    preds = {}
+    for mode in ("d2p", "p2p"):
+        net, card = load_model(mode, "cpu")
+        if mode == "d2p":
+            x = np.stack([d.default_image(b, s) for b, s in zip(bb, ss)])
+            pr = predict(net, mode, x, d.te[bb], d.tr[bb])
+        else:
+            x = d.targets[aa, ss]
+            pr = predict(net, mode, x, d.te[bb], d.tr[bb], d.te[aa], d.tr[aa])
+        preds[mode] = pr
+        results[mode] = stats(pr, gts)
+        rows[f"{'Default' if mode == 'd2p' else 'Param'}-to-Param ({card.id})"] = results[mode]
+
+    print(f"\nTest set: {len(P)} held-out (TE, TR) pairs x {len(S)} held-out slices = {len(bb)} images "
+          f"(256x256, 8-bit; data {a.data})\n")
+    print(f"{'method':44s} {'PSNR dB (0-255)':>18s} {'MAE':>14s}")
+    for name, r in rows.items():
+        print(f"{name:44s} {r['psnr_mean']:8.2f} +/- {r['psnr_std']:5.2f} {r['mae_mean']:7.2f} +/- {r['mae_std']:4.2f}")
+    print()
+    for mode in ("d2p", "p2p"):
+        pm, ps, pmae = PAPER[mode]
+        r = results[mode]
+        ok = "MET" if r["psnr_mean"] >= TARGET[mode] else "NOT MET"
+        print(f"{mode.upper()}: ours {r['psnr_mean']:.2f} +/- {r['psnr_std']:.2f} dB, MAE {r['mae_mean']:.2f} | "
+              f"paper {pm:.2f} +/- {ps:.2f} dB, MAE {pmae:.2f} | target >= {TARGET[mode]:.0f} dB: {ok}")
+
+    # speed
+    timing = {}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"\nSpeed (torch {torch.__version__}, {torch.get_num_threads()} CPU threads):")
+    for dev in devices:
+        for mode in ("d2p", "p2p"):
+            net, _ = load_model(mode, dev)
+            x = torch.zeros(8, 1, 256, 256, device=dev)
+            p = encode_params(mode, torch.full((8,), 0.1), torch.full((8,), 3.0), torch.full((8,), 0.05),
+                              torch.full((8,), 4.5)).to(dev)
+            with torch.inference_mode():
+                net(x, p)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(3):
+                    net(x, p)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                per_slice = (time.perf_counter() - t) / 24
+            vol = np.random.default_rng(0).uniform(0, 100, (a.volume_slices, 256, 256)).astype(np.float32)
+            t = time.perf_counter()
+            reparameterize(vol, 0.05, 4.5, 0.1, 3.0, model=mode, device=dev)
+            per_vol = time.perf_counter() - t
+            timing[f"{mode}_{dev}"] = {"per_slice_ms": round(per_slice * 1e3, 1), "per_volume_s": round(per_vol, 2)}
+            print(f"  {mode} on {dev}: {per_slice * 1e3:.1f} ms per 256x256 slice (batch 8), "
+                  f"{per_vol:.2f} s per 256x256x{a.volume_slices} volume (end to end)")
+
+    # figure: input, truth, D2P, |err|, P2P input, P2P, |err|
+    from MRISynthLib.viz import montage
+    picks = [int(i) for i in np.linspace(0, len(bb) - 1, 4).astype(int)]
+    grid, names = [], []
+    for i in picks:
+        b, s = bb[i], ss[i]
+        gt = gts[i]
+        grid.append([d.default_image(b, s), gt, preds["d2p"][i], np.abs(preds["d2p"][i] - gt),
+                     d.targets[aa[i], s], preds["p2p"][i], np.abs(preds["p2p"][i] - gt)])
+        names.append(f"TE {d.te[b] * 1e3:.0f} ms\nTR {d.tr[b] * 1e3:.0f} ms")
+    montage(grid, a.figure, row_titles=names,
+            col_titles=["D2P input\n(50/4500 ms)", "ground truth", "D2P", "|D2P - truth|", "P2P input",
+                        "P2P", "|P2P - truth|"],
+            cmaps=["gray", "gray", "gray", "magma", "gray", "gray", "magma"], robust=False,
+            title="TE/TR re-parameterization on held-out slices and (TE, TR) pairs")
+    print(f"\nfigure: {a.figure}")
+
+    if a.update_catalog:
+        cards = catalog.load_catalog()
+        for mode in ("d2p", "p2p"):
+            _, card = load_model(mode, "cpu")
+            c = cards[card.id]
+            c.metrics = {**results[mode], "test_set": f"{len(P)} held-out pairs x {len(S)} held-out slices",
+                         "paper_psnr": PAPER[mode][0], "target_psnr": TARGET[mode]}
+            c.timing = {k.split("_", 1)[1]: v for k, v in timing.items() if k.startswith(mode)}
+        catalog.save_catalog(cards)
+        print("catalog updated")
+
+
+if __name__ == "__main__":
+    main()
