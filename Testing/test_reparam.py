@@ -157,3 +157,80 @@ def test_reparameterize_validates_warns_and_cancels(tiny_p2p):
     with pytest.raises(Cancelled):
         reparameterize(np.ones((4, 16, 16)), 0.05, 4.5, 0.1, 3.0, model=tiny_p2p, batch_size=1,
                        cancel=lambda: True)
+
+
+# --- the shipped models through the command line -------------------------------------
+
+def _write_dicom_series(folder, arr, te_ms=None, tr_ms=None):
+    import SimpleITK as sitk
+
+    for k in range(arr.shape[0]):
+        sl = sitk.GetImageFromArray(arr[k])
+        tags = {"0008|0060": "MR", "0020|000e": "1.2.3.9", "0020|000d": "1.2.3", "0020|0013": str(k + 1),
+                "0020|0032": f"0\\0\\{3.0 * k}", "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": "3",
+                "0008|0018": f"1.2.3.9.{k}"}
+        if te_ms is not None:
+            tags.update({"0018|0081": str(te_ms), "0018|0080": str(tr_ms)})
+        for t, v in tags.items():
+            sl.SetMetaData(t, v)
+        w = sitk.ImageFileWriter()
+        w.KeepOriginalImageUIDOn()
+        w.SetFileName(str(folder / f"s{k}.dcm"))
+        w.Execute(sl)
+
+
+def test_shipped_models_are_in_the_catalog_and_verified():
+    cards = {c.architecture["mode"]: c for c in catalog.list_models("reparam")}
+    assert {"d2p", "p2p"} <= set(cards)
+    for c in cards.values():
+        assert c.shipped_path().exists() and c.shipped_path().stat().st_size < 10_000_000
+        catalog.weights_path(c)  # verifies the SHA256
+
+
+def test_cli_reparam_on_a_volume_png_and_dicom(tmp_path, capsys):
+    from PIL import Image
+
+    from MRISynthLib.cli import main
+    from MRISynthLib.physics.signal import SequenceParams
+    from test_simulate_cli import toy_phantom
+
+    ph = toy_phantom()
+    img = ph.render(SequenceParams("se", 0.05, 4.5))[4:7] * 1000  # 3 slices, 20 x 16
+    vol = io.Volume(img.astype(np.float32), spacing=(2.0, 2.0, 4.0), origin=(1.0, 2.0, 3.0))
+    src = io.write_volume(vol, tmp_path / "in.nrrd")
+    before = src.read_bytes()
+    out = tmp_path / "out.nrrd"
+    for model in ("d2p", "p2p"):
+        assert main(["reparam", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--te", "0.1",
+                     "--tr", "2.0", "-o", str(out), "--model", model, "--quiet", "--device", "cpu"]) == 0
+        r = io.read_volume(out)
+        assert r.array.shape == img.shape and r.spacing == vol.spacing and r.origin == vol.origin
+        assert np.isfinite(r.array).all() and r.array.max() > 0
+    assert src.read_bytes() == before
+    # 2D PNG in, PNG out in the 8-bit display range
+    png = tmp_path / "in.png"
+    Image.fromarray(io.to_uint8(img[1])).save(png)
+    assert main(["reparam", "-i", str(png), "--input-te", "0.05", "--input-tr", "4.5", "--te", "0.02",
+                 "--tr", "1.5", "-o", str(tmp_path / "out.png"), "--quiet"]) == 0
+    o = np.asarray(Image.open(tmp_path / "out.png"))
+    assert o.shape == img[1].shape and o.dtype == np.uint8
+    # DICOM: input TE/TR come from the header
+    d = tmp_path / "dicom"
+    d.mkdir()
+    _write_dicom_series(d, (img * 10).astype(np.int16), te_ms=50, tr_ms=4500)
+    assert main(["reparam", "-i", str(d), "--te", "0.1", "--tr", "3", "-o", str(tmp_path / "d.nii.gz"),
+                 "--quiet"]) == 0
+    assert "TE 50 ms / TR 4500 ms" in capsys.readouterr().out
+    nd = tmp_path / "nohdr"
+    nd.mkdir()
+    _write_dicom_series(nd, (img * 10).astype(np.int16))
+    assert main(["reparam", "-i", str(nd), "--te", "0.1", "--tr", "3", "-o", str(tmp_path / "e.nrrd")]) == 2
+    assert "--input-te" in capsys.readouterr().err
+    # errors: bad model, bad times, overwrite of the input
+    assert main(["reparam", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--te", "0.1", "--tr", "2",
+                 "-o", str(out), "--model", "nope"]) == 2
+    assert main(["reparam", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--te", "3", "--tr", "2",
+                 "-o", str(out)]) == 2
+    assert main(["reparam", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--te", "0.1", "--tr", "2",
+                 "-o", str(src)]) == 2
+    assert src.read_bytes() == before
