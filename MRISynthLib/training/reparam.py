@@ -109,6 +109,25 @@ def _save_ckpt(path: Path, **state):
         torch.save(state, tmp)
 
 
+def _start_run(out_dir, tc: TrainConfig) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    return out_dir
+
+
+def _resume(ckpt: Path, module: torch.nn.Module, opt) -> int:
+    """Load a checkpoint into ``module`` and ``opt`` if there is one; returns its step."""
+    if not ckpt.exists():
+        return 0
+    st = torch.load(ckpt, weights_only=False)
+    module.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    return int(st["step"])
+
+
 def _lr_at(step, total, base):
     # linear warm-up over 100 steps, cosine decay to 5% of the base rate
     warm = min(1.0, (step + 1) / 100)
@@ -149,21 +168,12 @@ def autoencoder_pool(data: PaperData, n_sim: int = 600, n_siat: int = 150, size:
 
 
 def train_autoencoder(cfg: ReparamConfig, pool: np.ndarray, out_dir, tc: TrainConfig, progress: bool = True):
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
-    model = ReparamModel(cfg)
-    ae = model.autoencoder
+    out_dir = _start_run(out_dir, tc)
+    ae = ReparamModel(cfg).autoencoder
     xavier_init(ae)
     opt = torch.optim.Adam(ae.parameters(), lr=tc.lr)
     ckpt = out_dir / "autoencoder_ckpt.pt"
-    start = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        ae.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
-        start = st["step"]
+    start = _resume(ckpt, ae, opt)
     rng = np.random.default_rng([tc.seed, start])
     log = open(out_dir / "autoencoder_loss.csv", "a", newline="")
     wr = csv.writer(log)
@@ -197,22 +207,14 @@ def train_autoencoder(cfg: ReparamConfig, pool: np.ndarray, out_dir, tc: TrainCo
 
 def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict, out_dir, tc: TrainConfig,
                    progress: bool = True) -> ReparamModel:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
+    out_dir = _start_run(out_dir, tc)
     model = ReparamModel(cfg)
     model.autoencoder.load_state_dict(autoencoder_state)
     model.autoencoder.eval().requires_grad_(False)
     xavier_init(model.paramnet)
     opt = torch.optim.Adam(model.paramnet.parameters(), lr=tc.lr)
     ckpt = out_dir / f"paramnet_{cfg.mode}_ckpt.pt"
-    start = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        model.paramnet.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
-        start = st["step"]
+    start = _resume(ckpt, model.paramnet, opt)
     rng = np.random.default_rng([tc.seed, start, 1])
     log = open(out_dir / f"paramnet_{cfg.mode}_loss.csv", "a", newline="")
     wr = csv.writer(log)
