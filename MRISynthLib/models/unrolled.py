@@ -1,0 +1,150 @@
+"""Unrolled reconstruction networks (MoDL / deep basis pursuit style).
+
+x_0 = A^H y. For k = 1..K: z_k = D_k(x_{k-1}) (a CNN denoiser on the 2-channel real/imag
+image, residual), then the data-consistency step
+
+    x_k = argmin_x  mu ||A x - y||^2 + ||x - z_k||^2  =  (mu A^H A + I)^{-1} (mu A^H y + z_k)
+
+solved by conjugate gradients on the SENSE operator of :mod:`MRISynthLib.physics.sense`.
+``mu`` is learned (through a softplus, so it stays positive); as mu grows the sampled
+k-space is reproduced exactly. Denoisers: a ResNet, and the seed's U-Net variant (3
+levels, upsampling + 1x1 convolution in the expanding path). Weights can be shared across
+unrolls or separate.
+
+Tensors: image (B, H, W) complex, maps (B, C, H, W) complex, mask (B, H, W) or (H, W).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..physics.sense import sense_adjoint, sense_forward
+from ..recon.classical import conjugate_gradient
+
+
+def c2r(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) complex -> (B, 2, H, W) real."""
+    return torch.stack([x.real, x.imag], 1)
+
+
+def r2c(x: torch.Tensor) -> torch.Tensor:
+    return torch.complex(x[:, 0], x[:, 1])
+
+
+class ResNetDenoiser(nn.Module):
+    def __init__(self, width: int = 64, blocks: int = 5):
+        super().__init__()
+        self.head = nn.Conv2d(2, width, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+                                                  nn.Conv2d(width, width, 3, padding=1)) for _ in range(blocks))
+        self.tail = nn.Conv2d(width, 2, 3, padding=1)
+
+    def forward(self, x):
+        h = self.head(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return x + self.tail(h)
+
+
+class UNetDenoiser(nn.Module):
+    """Seed-004 U-Net: 3 levels, max-pool down, bilinear upsampling + 1x1 conv up."""
+
+    def __init__(self, width: int = 32, levels: int = 3):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+        ws = [width * 2 ** i for i in range(levels)]
+        self.down = nn.ModuleList()
+        c = 2
+        for w in ws:
+            self.down.append(block(c, w))
+            c = w
+        self.mid = block(ws[-1], ws[-1] * 2)
+        c = ws[-1] * 2
+        self.up_conv, self.up_block = nn.ModuleList(), nn.ModuleList()
+        for w in reversed(ws):
+            self.up_conv.append(nn.Conv2d(c, w, 1))
+            self.up_block.append(block(2 * w, w))
+            c = w
+        self.out = nn.Conv2d(c, 2, 1)
+        self.levels = levels
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        m = 2 ** self.levels
+        ph, pw = (-h) % m, (-w) % m
+        y = F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+        skips = []
+        for blk in self.down:
+            y = blk(y)
+            skips.append(y)
+            y = F.max_pool2d(y, 2)
+        y = self.mid(y)
+        for conv, blk, s in zip(self.up_conv, self.up_block, reversed(skips)):
+            y = conv(F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False))
+            y = blk(torch.cat([y, s], 1))
+        y = self.out(y)[..., :h, :w]
+        return x + y
+
+
+@dataclass
+class UnrolledConfig:
+    denoiser: str = "resnet"   # "resnet" or "unet"
+    unrolls: int = 4
+    shared: bool = True
+    width: int = 32
+    blocks: int = 5            # ResNet blocks
+    cg_iters: int = 8
+    mu_init: float = 1.0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def make_denoiser(cfg: UnrolledConfig) -> nn.Module:
+    if cfg.denoiser == "resnet":
+        return ResNetDenoiser(cfg.width, cfg.blocks)
+    if cfg.denoiser == "unet":
+        return UNetDenoiser(cfg.width)
+    raise ValueError(f"unknown denoiser {cfg.denoiser!r}")
+
+
+def data_consistency(z, aty, maps, mask, mu, iters: int = 8, x0=None):
+    """(mu A^H A + I)^{-1} (mu A^H y + z) by CG."""
+
+    def normal(v):
+        return mu * sense_adjoint(sense_forward(v, maps, mask), maps, mask) + v
+
+    x, _ = conjugate_gradient(normal, mu * aty + z, x0=x0, iters=iters, tol=1e-7)
+    return x
+
+
+class UnrolledNet(nn.Module):
+    def __init__(self, cfg: UnrolledConfig = UnrolledConfig()):
+        super().__init__()
+        self.cfg = cfg
+        n = 1 if cfg.shared else cfg.unrolls
+        self.denoisers = nn.ModuleList(make_denoiser(cfg) for _ in range(n))
+        # softplus^-1(mu_init)
+        self.mu_raw = nn.Parameter(torch.tensor(math.log(math.expm1(cfg.mu_init))))
+
+    @property
+    def mu(self):
+        return F.softplus(self.mu_raw)
+
+    def forward(self, kspace, maps, mask):
+        """kspace (B, C, H, W) complex (zero where unsampled) -> image (B, H, W) complex."""
+        aty = sense_adjoint(kspace, maps, mask)
+        x = aty
+        for k in range(self.cfg.unrolls):
+            d = self.denoisers[0 if self.cfg.shared else k]
+            z = r2c(d(c2r(x)))
+            x = data_consistency(z, aty, maps, mask, self.mu, self.cfg.cg_iters, x0=z)
+        return x

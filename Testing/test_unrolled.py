@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from MRISynthLib.models.unrolled import UnrolledConfig, UnrolledNet, UNetDenoiser, data_consistency
+from MRISynthLib.physics import masks, sense
+from MRISynthLib.physics.fourier import fft2c
+
+
+def _problem(b=2, c=4, n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    img = torch.stack([((yy - n / 2 + i) ** 2 + (xx - n / 2) ** 2 < (n / 3) ** 2).double() for i in range(b)])
+    img = img * torch.exp(1j * 0.2 * torch.randn(b, 1, 1, generator=g, dtype=torch.float64))
+    maps = torch.from_numpy(sense.birdcage_maps(c, (n, n)).astype(np.complex128)).expand(b, -1, -1, -1)
+    mask = torch.from_numpy(masks.variable_density_1d(n, 3, n_center=8, seed=seed).for_kspace(n)).double()
+    y = sense.sense_forward(img, maps, mask)
+    return img, maps, mask, y
+
+
+def test_data_consistency_is_exact_on_sampled_kspace_for_large_mu():
+    img, maps1, mask, _ = _problem(c=1)
+    maps1 = torch.ones_like(maps1)
+    y = sense.sense_forward(img, maps1, mask)
+    z = torch.randn_like(img)  # a wrong denoiser output
+    aty = sense.sense_adjoint(y, maps1, mask)
+    x = data_consistency(z, aty, maps1, mask, mu=torch.tensor(1e8, dtype=torch.float64), iters=20)
+    kx = fft2c(x)
+    m = mask.bool().expand_as(kx)
+    assert torch.allclose(kx[m], y[:, 0][m], atol=1e-6)
+    # exact closed form for a single coil: sampled (mu y + F z) / (mu + 1), unsampled F z
+    mu = 1e4
+    x = data_consistency(z, aty, maps1, mask, mu=torch.tensor(mu, dtype=torch.float64), iters=20)
+    kx, kz = fft2c(x), fft2c(z)
+    assert torch.allclose(kx[m], (mu * y[:, 0][m] + kz[m]) / (mu + 1), atol=1e-8)
+    assert torch.allclose(kx[~m], kz[~m], atol=1e-8)
+    # mu -> 0 returns the denoiser output
+    x0 = data_consistency(z, aty, maps1, mask, mu=torch.tensor(1e-9, dtype=torch.float64), iters=5)
+    assert torch.allclose(x0, z, atol=1e-6)
+
+
+@pytest.mark.parametrize("den", ["resnet", "unet"])
+def test_unrolled_shapes_and_weight_sharing(den):
+    img, maps, mask, y = _problem(n=28)  # not a multiple of 8: the U-Net pads and crops
+    shared = UnrolledNet(UnrolledConfig(denoiser=den, unrolls=3, width=8, blocks=2, shared=True)).double()
+    sep = UnrolledNet(UnrolledConfig(denoiser=den, unrolls=3, width=8, blocks=2, shared=False)).double()
+    n_sh = sum(p.numel() for p in shared.parameters())
+    n_sep = sum(p.numel() for p in sep.parameters())
+    assert n_sep - 1 == 3 * (n_sh - 1)
+    out = shared(y, maps, mask)
+    assert out.shape == img.shape and out.is_complex()
+    assert UNetDenoiser(8)(torch.randn(1, 2, 28, 20)).shape == (1, 2, 28, 20)
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    img, maps, mask, y = _problem(b=4, n=32)
+    net = UnrolledNet(UnrolledConfig(unrolls=2, width=8, blocks=2, cg_iters=4)).double()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = (net(y, maps, mask) - img).abs().pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]
+    assert net.mu.item() > 0
