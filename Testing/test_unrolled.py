@@ -66,3 +66,24 @@ def test_a_few_training_steps_lower_the_loss():
         losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.7 * losses[0]
     assert net.mu.item() > 0
+
+
+@pytest.mark.parametrize("loss", ["supervised", "unsupervised"])
+def test_trainer_lowers_its_loss_and_resumes(tmp_path, loss):
+    from MRISynthLib.training.unrolled import UnrolledTrainConfig, train_unrolled, validate, normalise
+
+    img, maps, mask, y = _problem(b=4, n=24, seed=1)
+    masks_b = mask.expand(4, -1, -1)
+    data = {"imgs": img.numpy().astype(np.complex64), "maps": maps.numpy().astype(np.complex64),
+            "masks": masks_b.numpy().astype(np.float32), "ksp": y.numpy().astype(np.complex64)}
+    cfg = UnrolledConfig(unrolls=2, width=8, blocks=1, cg_iters=3)
+    tc = UnrolledTrainConfig(steps=30, batch=2, lr=3e-3, loss=loss, ckpt_every=10, val_every=15)
+    torch.manual_seed(0)
+    net = train_unrolled(cfg, data, tmp_path, tc, val=data, progress=False)
+    rows = [r.split(",") for r in (tmp_path / f"unrolled_resnet_{loss}_loss.csv").read_text().splitlines()]
+    vals = [float(r[1]) for r in rows]
+    assert np.mean(vals[-5:]) < np.mean(vals[:5])
+    assert [r[3] for r in rows if r[3]]  # validation NRMSE logged
+    assert validate(net, normalise(data)) < 1.0
+    train_unrolled(cfg, data, tmp_path, tc, progress=False)  # already done: resumes at step 30
+    assert len((tmp_path / f"unrolled_resnet_{loss}_loss.csv").read_text().splitlines()) == 30
