@@ -61,7 +61,9 @@ def main():
                                                              threads=a.threads))
         ae_state = ae.state_dict()
         torch.save(ae_state, ae_file)
-    print(f"autoencoder ready ({time.time() - t0:.0f} s)")
+    ae_ckpt = out / "autoencoder_ckpt.pt"
+    ae_steps = int(torch.load(ae_ckpt, weights_only=False)["step"]) if ae_ckpt.exists() else a.ae_steps
+    print(f"autoencoder ready ({ae_steps} steps, {time.time() - t0:.0f} s)")
     for mode in a.modes.split(","):
         cfg = ReparamConfig(mode, widths=a.widths)
         t1 = time.time()
@@ -84,7 +86,7 @@ def main():
                                   "200 (TE,TR) pairs x 24 slices; 160 train pairs x 19 train slices",
                           "autoencoder_pretraining": "BrainWeb spin-echo images with randomised tissues + 150 "
                                                      "SIAT magnitudes (Places-365 unavailable)",
-                          "steps": a.steps, "ae_steps": a.ae_steps, "batch": a.batch, "lr": a.lr,
+                          "steps": a.steps, "ae_steps": ae_steps, "batch": a.batch, "lr": a.lr,
                           "progressive": f"{a.low_res_fraction:.0%} of steps at 128x128, then 256x256", "loss": "MSE", "optimizer": "Adam",
                           "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu"},
                 metrics=old.metrics if old else {}, timing=old.timing if old else {})

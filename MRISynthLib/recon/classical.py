@@ -27,6 +27,10 @@ from ..physics.fourier import _is_torch, ifft2c
 from ..physics.sense import rss, sense_adjoint, sense_forward
 
 
+def _scalar(x) -> float:
+    return float(x.detach()) if _is_torch(x) else float(x)
+
+
 def _vdot_real(a, b):
     if _is_torch(a):
         return (a.conj() * b).real.sum()
@@ -43,8 +47,8 @@ def conjugate_gradient(normal: Callable, rhs, x0=None, iters: int = 30, tol: flo
     r = rhs - normal(x) if x0 is not None else rhs
     p = r
     rr = _vdot_real(r, r)
-    b_norm = float(_vdot_real(rhs, rhs)) ** 0.5
-    hist = [float(rr) ** 0.5]
+    b_norm = _scalar(_vdot_real(rhs, rhs)) ** 0.5
+    hist = [_scalar(rr) ** 0.5]
     for _ in range(iters):
         if hist[-1] <= tol * max(b_norm, 1e-30):
             break
@@ -55,7 +59,7 @@ def conjugate_gradient(normal: Callable, rhs, x0=None, iters: int = 30, tol: flo
         rr_new = _vdot_real(r, r)
         p = r + (rr_new / rr) * p
         rr = rr_new
-        hist.append(float(rr) ** 0.5)
+        hist.append(_scalar(rr) ** 0.5)
     return x, hist
 
 
