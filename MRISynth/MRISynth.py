@@ -66,8 +66,12 @@ def ensureDependencies(askUser=True):
             raise RuntimeError("torch is missing: install the PyTorch extension from the Extensions Manager")
         if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
             raise RuntimeError("installing torch through the PyTorch extension failed")
-    if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):
-        slicer.packaging.pip_ensure(requirements=REQUIREMENTS)  # Slicer 5.12+
+    try:
+        import slicer.pydeps as pydeps  # Slicer 5.11+
+    except ImportError:
+        pydeps = None
+    if pydeps is not None:
+        pydeps.pip_ensure(pydeps.load_requirements(REQUIREMENTS), requester="MRISynth")
     else:
         slicer.util.pip_install(f"-r {REQUIREMENTS}")
     return True

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import write_dicom_series
 from MRISynthLib.data import hdf5, io
 from MRISynthLib.data.download import ChecksumError, download, sha256sum
 
@@ -59,19 +60,7 @@ def test_png_roundtrip_and_rgb_to_grey(tmp_path, rng):
 
 def test_dicom_series_with_acquisition_parameters(tmp_path, rng):
     arr = (rng.uniform(size=(3, 16, 16)) * 1000).astype(np.int16)
-    for k in range(3):
-        sl = sitk.GetImageFromArray(arr[k])
-        sl.SetSpacing((0.9, 0.9))
-        tags = {"0008|0060": "MR", "0020|000e": "1.2.3.4.5", "0020|000d": "1.2.3.4", "0020|0013": str(k + 1),
-                "0020|0032": f"-10\\-20\\{2.5 * k}", "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": "2.5",
-                "0028|0030": "0.9\\0.9", "0018|0081": "90", "0018|0080": "3000", "0018|0082": "",
-                "0018|1314": "90", "0008|0018": f"1.2.3.4.5.{k}"}
-        for t, val in tags.items():
-            sl.SetMetaData(t, val)
-        w = sitk.ImageFileWriter()
-        w.KeepOriginalImageUIDOn()
-        w.SetFileName(str(tmp_path / f"s{k}.dcm"))
-        w.Execute(sl)
+    write_dicom_series(tmp_path, arr, tags={"0018|0081": "90", "0018|0080": "3000", "0018|0082": "", "0018|1314": "90"})
     v = io.read_volume(tmp_path)
     assert v.array.shape == (3, 16, 16)
     np.testing.assert_array_equal(v.array, arr)

@@ -1,13 +1,10 @@
 """MRML logic on real MRML nodes (slicer-core package)."""
 import numpy as np
 import pytest
-import torch
-
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
 
 from MRISynthLib import mrml  # noqa: E402
 from MRISynthLib.data import io  # noqa: E402
-from MRISynthLib.models.paramnet import ReparamConfig, ReparamModel, xavier_init  # noqa: E402
 from MRISynthLib.tasks import Cancelled  # noqa: E402
 
 
@@ -21,12 +18,9 @@ def scene_and_node():
     return scene, node, vol
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    m = ReparamModel(ReparamConfig("p2p", widths="tiny"))
-    xavier_init(m)
-    return m.eval()
+@pytest.fixture
+def tiny(tiny_p2p):
+    return tiny_p2p
 
 
 def test_node_roundtrip_keeps_geometry(scene_and_node):

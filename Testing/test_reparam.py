@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_dicom_series
 from MRISynthLib import catalog
 from MRISynthLib.data import io
 from MRISynthLib.data.download import ChecksumError
@@ -11,14 +12,6 @@ from MRISynthLib.models.paramnet import (ENDAutoencoder, ReparamConfig, ReparamM
                                          xavier_init)
 from MRISynthLib.tasks import Cancelled
 from MRISynthLib.tasks.reparam import reparameterize
-
-
-@pytest.fixture(scope="module")
-def tiny_p2p():
-    torch.manual_seed(0)
-    m = ReparamModel(ReparamConfig("p2p", widths="tiny"))
-    xavier_init(m)
-    return m.eval()
 
 
 def test_autoencoder_encoder_has_8_levels_and_reconstructs_size():
@@ -161,24 +154,6 @@ def test_reparameterize_validates_warns_and_cancels(tiny_p2p):
 
 # --- the shipped models through the command line -------------------------------------
 
-def _write_dicom_series(folder, arr, te_ms=None, tr_ms=None):
-    import SimpleITK as sitk
-
-    for k in range(arr.shape[0]):
-        sl = sitk.GetImageFromArray(arr[k])
-        tags = {"0008|0060": "MR", "0020|000e": "1.2.3.9", "0020|000d": "1.2.3", "0020|0013": str(k + 1),
-                "0020|0032": f"0\\0\\{3.0 * k}", "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": "3",
-                "0008|0018": f"1.2.3.9.{k}"}
-        if te_ms is not None:
-            tags.update({"0018|0081": str(te_ms), "0018|0080": str(tr_ms)})
-        for t, v in tags.items():
-            sl.SetMetaData(t, v)
-        w = sitk.ImageFileWriter()
-        w.KeepOriginalImageUIDOn()
-        w.SetFileName(str(folder / f"s{k}.dcm"))
-        w.Execute(sl)
-
-
 def test_shipped_models_are_in_the_catalog_and_verified():
     cards = {c.architecture["mode"]: c for c in catalog.list_models("reparam")}
     assert {"d2p", "p2p"} <= set(cards)
@@ -217,13 +192,13 @@ def test_cli_reparam_on_a_volume_png_and_dicom(tmp_path, capsys):
     # DICOM: input TE/TR come from the header
     d = tmp_path / "dicom"
     d.mkdir()
-    _write_dicom_series(d, (img * 10).astype(np.int16), te_ms=50, tr_ms=4500)
+    write_dicom_series(d, (img * 10).astype(np.int16), tags={"0018|0081": "50", "0018|0080": "4500"})
     assert main(["reparam", "-i", str(d), "--te", "0.1", "--tr", "3", "-o", str(tmp_path / "d.nii.gz"),
                  "--quiet"]) == 0
     assert "TE 50 ms / TR 4500 ms" in capsys.readouterr().out
     nd = tmp_path / "nohdr"
     nd.mkdir()
-    _write_dicom_series(nd, (img * 10).astype(np.int16))
+    write_dicom_series(nd, (img * 10).astype(np.int16))
     assert main(["reparam", "-i", str(nd), "--te", "0.1", "--tr", "3", "-o", str(tmp_path / "e.nrrd")]) == 2
     assert "--input-te" in capsys.readouterr().err
     # errors: bad model, bad times, overwrite of the input
