@@ -19,7 +19,7 @@ import numpy as np
 import slicer
 import vtk
 
-from .data.io import Volume, geometry_from_ijk_to_ras, ijk_to_ras
+from .data.io import Volume, acquisition_from_tags, geometry_from_ijk_to_ras, ijk_to_ras
 
 ALLOWED_DTYPES = {np.dtype(t) for t in ("float32", "int8", "uint8", "int16", "uint16", "int32", "uint32")}
 
@@ -116,21 +116,16 @@ def acquisition_from_node(node) -> dict:
 
     Works in Slicer (needs the DICOM database); returns {} elsewhere.
     """
-    out = {}
     try:
         uids = node.GetAttribute("DICOM.instanceUIDs")
         db = getattr(slicer, "dicomDatabase", None)
         if not uids or db is None:
-            return out
+            return {}
         first = uids.split()[0]
-        for key, tag, scale in (("te", "0018,0081", 1e-3), ("tr", "0018,0080", 1e-3),
-                                ("ti", "0018,0082", 1e-3), ("flip", "0018,1314", 1.0)):
-            v = db.instanceValue(first, tag)
-            if v:
-                out[key] = float(v.split("\\")[0]) * scale
+        # the database takes tags as "gggg,eeee"
+        return acquisition_from_tags(lambda tag: db.instanceValue(first, tag.replace("|", ",")) or None)
     except Exception:  # a header we cannot read simply gives no defaults
         return {}
-    return out
 
 
 def reparameterize_node(scene, input_node, target_te: float, target_tr: float, input_te: Optional[float] = None,

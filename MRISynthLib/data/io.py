@@ -119,7 +119,7 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _acquisition_from_tags(get) -> Dict[str, float]:
+def acquisition_from_tags(get) -> Dict[str, float]:
     out = {}
     for key, tag in DICOM_TAGS.items():
         raw = get(tag)
@@ -151,7 +151,7 @@ def read_dicom_series(folder) -> Volume:
     def get(tag):
         return reader.GetMetaData(0, tag) if reader.HasMetaDataKey(0, tag) else None
 
-    return Volume.from_sitk(img, acquisition=_acquisition_from_tags(get))
+    return Volume.from_sitk(img, acquisition=acquisition_from_tags(get))
 
 
 def read_volume(path) -> Volume:
@@ -183,7 +183,7 @@ def read_volume(path) -> Volume:
                              "a scalar volume is expected")
     acq = {}
     if _suffix(path) == ".dcm":
-        acq = _acquisition_from_tags(lambda t: img.GetMetaData(t) if img.HasMetaDataKey(t) else None)
+        acq = acquisition_from_tags(lambda t: img.GetMetaData(t) if img.HasMetaDataKey(t) else None)
     vol = Volume.from_sitk(img, acquisition=acq)
     if vol.array.ndim == 3 and vol.array.shape[0] == 1 and _suffix(path) in IMAGE_2D_SUFFIXES:
         vol = Volume(vol.array[0], vol.spacing[:2], vol.origin[:2], (1.0, 0.0, 0.0, 1.0), vol.metadata)

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..physics.masks import make_mask
+from ..physics.phantoms import noise_sigma
 from ..physics.sense import birdcage_maps, sense_forward
 from ..recon import classical as C
 from . import Cancelled
@@ -47,9 +48,7 @@ def undersample_volume(images: np.ndarray, mask_kind: str = "vd1d", accel: float
     rng = np.random.default_rng(seed)
     k = sense_forward(images.astype(np.complex64), maps[None]).astype(np.complex64)
     if snr:
-        mag = np.abs(images)
-        fg = mag > 0.1 * np.percentile(mag, 99)
-        sigma = mag[fg].mean() / snr / np.sqrt(2)
+        sigma = noise_sigma(images, snr) / np.sqrt(2)
         k = k + sigma * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)).astype(np.complex64)
     k = k * mask2d
     fastmri_mask = m.array.astype(np.float32) if m.array.ndim == 1 else None

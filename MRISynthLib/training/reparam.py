@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..fileutil import atomic_output
+from .common import resume, save_ckpt, start_run
 from ..models.paramnet import ReparamConfig, ReparamModel, encode_params, xavier_init
 
 
@@ -104,30 +104,6 @@ class TrainConfig:
     threads: Optional[int] = None
 
 
-def _save_ckpt(path: Path, **state):
-    with atomic_output(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
-
-
-def _start_run(out_dir, tc: TrainConfig) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
-    return out_dir
-
-
-def _resume(ckpt: Path, module: torch.nn.Module, opt) -> int:
-    """Load a checkpoint into ``module`` and ``opt`` if there is one; returns its step."""
-    if not ckpt.exists():
-        return 0
-    st = torch.load(ckpt, weights_only=False)
-    module.load_state_dict(st["model"])
-    opt.load_state_dict(st["opt"])
-    return int(st["step"])
-
-
 def _lr_at(step, total, base):
     # linear warm-up over 100 steps, cosine decay to 5% of the base rate
     warm = min(1.0, (step + 1) / 100)
@@ -168,12 +144,12 @@ def autoencoder_pool(data: PaperData, n_sim: int = 600, n_siat: int = 150, size:
 
 
 def train_autoencoder(cfg: ReparamConfig, pool: np.ndarray, out_dir, tc: TrainConfig, progress: bool = True):
-    out_dir = _start_run(out_dir, tc)
+    out_dir = start_run(out_dir, tc.threads, tc.seed)
     ae = ReparamModel(cfg).autoencoder
     xavier_init(ae)
     opt = torch.optim.Adam(ae.parameters(), lr=tc.lr)
     ckpt = out_dir / "autoencoder_ckpt.pt"
-    start = _resume(ckpt, ae, opt)
+    start = resume(ckpt, ae, opt)
     rng = np.random.default_rng([tc.seed, start])
     log = open(out_dir / "autoencoder_loss.csv", "a", newline="")
     wr = csv.writer(log)
@@ -196,25 +172,25 @@ def train_autoencoder(cfg: ReparamConfig, pool: np.ndarray, out_dir, tc: TrainCo
             opt.step()
             wr.writerow([step, f"{loss.item():.6f}", x.shape[-1]])
             if (step + 1) % tc.ckpt_every == 0:
-                _save_ckpt(ckpt, model=ae.state_dict(), opt=opt.state_dict(), step=step + 1)
+                save_ckpt(ckpt, model=ae.state_dict(), opt=opt.state_dict(), step=step + 1)
                 log.flush()
         step = tc.steps
     finally:
-        _save_ckpt(ckpt, model=ae.state_dict(), opt=opt.state_dict(), step=step)
+        save_ckpt(ckpt, model=ae.state_dict(), opt=opt.state_dict(), step=step)
         log.close()
     return ae
 
 
 def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict, out_dir, tc: TrainConfig,
                    progress: bool = True) -> ReparamModel:
-    out_dir = _start_run(out_dir, tc)
+    out_dir = start_run(out_dir, tc.threads, tc.seed)
     model = ReparamModel(cfg)
     model.autoencoder.load_state_dict(autoencoder_state)
     model.autoencoder.eval().requires_grad_(False)
     xavier_init(model.paramnet)
     opt = torch.optim.Adam(model.paramnet.parameters(), lr=tc.lr)
     ckpt = out_dir / f"paramnet_{cfg.mode}_ckpt.pt"
-    start = _resume(ckpt, model.paramnet, opt)
+    start = resume(ckpt, model.paramnet, opt)
     rng = np.random.default_rng([tc.seed, start, 1])
     log = open(out_dir / f"paramnet_{cfg.mode}_loss.csv", "a", newline="")
     wr = csv.writer(log)
@@ -242,11 +218,11 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.5f}", psnr=f"{bpsnr:.1f}")
             if (step + 1) % tc.ckpt_every == 0:
-                _save_ckpt(ckpt, model=model.paramnet.state_dict(), opt=opt.state_dict(), step=step + 1)
+                save_ckpt(ckpt, model=model.paramnet.state_dict(), opt=opt.state_dict(), step=step + 1)
                 log.flush()
         step = tc.steps
     finally:
-        _save_ckpt(ckpt, model=model.paramnet.state_dict(), opt=opt.state_dict(), step=step)
+        save_ckpt(ckpt, model=model.paramnet.state_dict(), opt=opt.state_dict(), step=step)
         log.close()
     model.eval()
     return model

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..fileutil import atomic_output
 from ..models.unrolled import UnrolledConfig, UnrolledNet
 from ..physics.sense import sense_forward
+from .common import resume, save_ckpt, start_run
 
 
 @dataclass
@@ -55,21 +54,12 @@ def normalise(batch: Dict[str, np.ndarray]):
 
 def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, tc: UnrolledTrainConfig,
                    val: Optional[Dict[str, np.ndarray]] = None, progress: bool = True) -> UnrolledNet:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
+    out_dir = start_run(out_dir, tc.threads, tc.seed)
     net = UnrolledNet(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
     tag = f"unrolled_{cfg.denoiser}_{tc.loss}"
     ckpt = out_dir / f"{tag}_ckpt.pt"
-    start = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        net.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        start = int(st["step"])
+    start = resume(ckpt, net, opt)
     train = normalise(train)
     val = normalise(val) if val is not None else None
     rng = np.random.default_rng([tc.seed, start])
@@ -79,8 +69,7 @@ def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, t
     wr = csv.writer(log)
 
     def save(s):
-        with atomic_output(ckpt, suffix=".pt") as tmp:
-            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": s, "config": cfg.to_dict()}, tmp)
+        save_ckpt(ckpt, model=net.state_dict(), opt=opt.state_dict(), step=s, config=cfg.to_dict())
 
     try:
         for step in tqdm(range(start, tc.steps), desc=tag, initial=start, total=tc.steps, disable=not progress):

@@ -1,0 +1,33 @@
+"""Helpers shared by the trainers: run set-up, checkpoint save (atomic) and resume."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..fileutil import atomic_output
+
+
+def start_run(out_dir, threads: Optional[int], seed: int) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return out_dir
+
+
+def save_ckpt(path: Path, **state) -> None:
+    with atomic_output(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def resume(ckpt: Path, module: torch.nn.Module, opt) -> int:
+    """Load a checkpoint into ``module`` and ``opt`` if there is one; returns its step."""
+    if not ckpt.exists():
+        return 0
+    st = torch.load(ckpt, weights_only=False)
+    module.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    return int(st["step"])
