@@ -1,0 +1,192 @@
+"""Physics-informed synthesis: renderer, maps, ranges, cache, training, task and CLI."""
+import numpy as np
+import pytest
+import torch
+
+from MRISynthLib.models.quantitative import (P_MAX, T1_RANGE, T2_RANGE, QuantConfig, QuantMaps, QuantNet,
+                                             effective_maps, encode_acquisition, render, stack_inputs)
+from MRISynthLib.physics.phantoms import Phantom
+from MRISynthLib.physics.signal import PRESETS, SequenceParams
+from MRISynthLib.physics.tissues import get_table
+from MRISynthLib.tasks import synth as synth_task
+from MRISynthLib.training.quantitative import (QuantTrainConfig, collate, make_sample, quant_loss,
+                                               random_acquisition, train_quantitative, true_maps)
+
+from conftest import needs_data
+
+TINY = QuantConfig(widths=[8, 16], head_width=16)
+SEQS = [PRESETS[n] for n in ("T1w", "T2w", "PDw", "FLAIR", "STIR", "GRE")] + [
+    SequenceParams("se", 0.05, 4.5, exact=False)]
+
+
+def _fractions(rng, h=24, w=20):
+    """Random partial-volume fractions over the 10 BrainWeb labels (sum 1 per voxel)."""
+    f = rng.gamma(0.3, size=(10, h, w)).astype(np.float32)
+    return f / f.sum(0, keepdims=True)
+
+
+@pytest.mark.parametrize("seq", SEQS, ids=lambda s: s.describe())
+def test_render_matches_phantom_rendering(rng, seq):
+    """Compartment rendering == the simulator's sum over tissues of fraction x signal."""
+    frac = _fractions(rng)
+    table = get_table("mrilab_full")
+    lut = table.lookup(10)
+    ph = Phantom(frac[:, None], table=table)
+    expected = ph.render(seq)[0]
+    present = lut["pd"][1:] > 0
+    p = torch.from_numpy(lut["pd"][1:, None, None].astype(np.float32) * frac[1:])[None]
+    relax = [torch.from_numpy(np.where(present, lut[k][1:], 1.0).astype(np.float32))[None]
+             for k in ("t1", "t2", "t2star")]
+    got = render(QuantMaps(p, *relax, torch.ones(1)), seq)[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_single_compartment_render_is_the_signal_equation(rng):
+    pd = rng.uniform(0.5, 1.0, (1, 1, 8, 8)).astype(np.float32)
+    t1, t2, t2s = 1.2, 0.09, 0.04
+    for seq in SEQS:
+        q = QuantMaps(torch.from_numpy(pd), torch.tensor([[t1]]), torch.tensor([[t2]]), torch.tensor([[t2s]]),
+                      torch.tensor([2.0]))
+        np.testing.assert_allclose(render(q, seq)[0].numpy(), 2.0 * seq.signal(pd[0, 0], t1, t2, t2s), rtol=1e-5)
+
+
+def test_effective_maps_match_phantom_maps(rng):
+    frac = _fractions(rng)
+    table = get_table("mrilab")
+    lut = table.lookup(10)
+    truth = Phantom(frac[:, None], table=table).maps()
+    present = lut["pd"][1:] > 0
+    m = effective_maps(lut["pd"][1:, None, None] * frac[1:], *[np.where(present, lut[k][1:], 1.0)
+                                                                for k in ("t1", "t2", "t2star")])
+    for k in ("pd", "t1", "t2", "t2star"):
+        np.testing.assert_allclose(m[k], truth[k][0], rtol=1e-4, atol=1e-6)
+
+
+def test_output_ranges_hold_for_extreme_inputs():
+    torch.manual_seed(0)
+    net = QuantNet(TINY)
+    with torch.no_grad():
+        for p_ in net.parameters():
+            p_.mul_(50.0)  # drive the output layer into saturation
+    imgs = torch.cat([torch.zeros(1, 2, 32, 32), torch.full((1, 2, 32, 32), 1e4),
+                      torch.rand(1, 2, 32, 32)])
+    acq = torch.randn(3, 2, 8) * 100
+    with torch.no_grad():
+        q = net(imgs, acq)
+    assert q.p.shape == (3, TINY.compartments, 32, 32)
+    assert float(q.p.min()) >= 0 and float(q.p.max()) <= P_MAX
+    assert float(q.t1.min()) >= T1_RANGE[0] * 0.999 and float(q.t1.max()) <= T1_RANGE[1] * 1.001
+    assert float(q.t2.min()) >= T2_RANGE[0] * 0.999 and bool((q.t2 <= q.t1).all())
+    assert bool((q.t2s <= q.t2 + 1e-7).all()) and bool((q.t2s > 0).all()) and bool((q.g > 0).all())
+
+
+def test_odd_sizes_are_padded_and_cropped():
+    net = QuantNet(TINY).eval()
+    with torch.no_grad():
+        q = net(torch.rand(2, 2, 37, 29), torch.zeros(2, 2, 8))
+    assert q.p.shape == (2, TINY.compartments, 37, 29)
+
+
+def test_acquisition_encoding_and_input_stacking():
+    a = encode_acquisition(SequenceParams("ir", 0.1, 9.0, ti=2.5))
+    assert a[2] == pytest.approx(2.5 / 9.0) and list(a[4:]) == [0, 1, 0, 1]
+    assert not encode_acquisition(None).any()
+    ims, acq = stack_inputs([np.ones((3, 4, 5))], [PRESETS["T1w"]], 2)
+    assert ims.shape == (3, 2, 4, 5) and not ims[:, 1].any() and acq[:, 1].sum() == 0 and (acq[:, 0, 7] == 1).all()
+    with pytest.raises(ValueError):
+        stack_inputs([np.ones((4, 5)), np.ones((4, 6))], [PRESETS["T1w"], PRESETS["T2w"]], 2)
+
+
+def _sample_batch(seed=0, n=3, size=32):
+    rng = np.random.default_rng(seed)
+    return collate([make_sample(_fractions(rng, size, size), rng, 2) for _ in range(n)])
+
+
+def test_loss_is_small_for_the_truth_and_falls_with_training():
+    images, acq, p, relax, present, g = _sample_batch()
+    tc = QuantTrainConfig()
+    targets = [PRESETS["T2w"], PRESETS["FLAIR"]]
+    # the truth itself has zero render/map loss
+    truth = true_maps(p * present[:, :, None, None], relax, g)
+    _, parts = quant_loss(truth, p, relax, present, g, targets, tc)
+    assert parts["render"] < 1e-6 and parts["p"] < 1e-6
+    torch.manual_seed(0)
+    net = QuantNet(TINY)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = quant_loss(net(images, acq), p, relax, present, g, targets, tc)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_trainer_runs_and_resumes(tmp_path):
+    rng = np.random.default_rng(1)
+    frac = np.stack([_fractions(rng, 40, 40) for _ in range(3)])
+    tc = QuantTrainConfig(steps=2, batch=2, crop=32, ckpt_every=1)
+    train_quantitative(TINY, tmp_path, tc, fractions=frac, progress=False)
+    tc.steps = 3
+    train_quantitative(TINY, tmp_path, tc, fractions=frac, progress=False)
+    rows = (tmp_path / "quant_loss.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step") and [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert torch.load(tmp_path / "quant_ckpt.pt", weights_only=False)["step"] == 3
+
+
+def test_random_acquisitions_are_valid():
+    rng = np.random.default_rng(3)
+    kinds = {random_acquisition(rng).sequence for _ in range(300)}
+    assert kinds == {"se", "ir", "gre"}
+
+
+def test_estimate_cache_render_and_maps(rng):
+    torch.manual_seed(0)
+    net = QuantNet(TINY).eval()
+    vol = rng.uniform(0, 50, (3, 24, 20)).astype(np.float32)
+    vol[1] = 0.0  # an empty slice stays empty
+    before = vol.copy()
+    calls = []
+    h = net.register_forward_hook(lambda *a: calls.append(1))
+    seq = SequenceParams("se", 0.05, 4.5)
+    synth_task.clear_cache()
+    e1 = synth_task.estimate_maps(vol, seq, model=net)
+    n1 = len(calls)
+    e2 = synth_task.estimate_maps(vol, seq, model=net)
+    assert e2 is e1 and len(calls) == n1            # cached: no second network pass
+    e3 = synth_task.estimate_maps(vol * 2, seq, model=net)
+    assert e3 is not e1 and len(calls) > n1
+    h.remove()
+    np.testing.assert_array_equal(vol, before)
+    out = e1.render(PRESETS["FLAIR"])
+    assert out.shape == vol.shape and out.dtype == np.float32 and not out[1].any()
+    m = e1.maps()
+    assert set(m) == {"pd", "t1", "t2", "t2star"} and m["t1"].shape == vol.shape
+    assert (m["pd"] >= 0).all() and (m["t1"][m["pd"] > 1e-3] >= T1_RANGE[0] * 0.99).all()
+    # one slice at the network's size: the cached render equals the differentiable one
+    img = vol[0] / vol[0].max()
+    big = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], size=(256, 256), mode="bilinear",
+                                          align_corners=False, antialias=True)[0, 0].numpy()
+    big = big / big.max()
+    est = synth_task.estimate_maps(big, seq, model=net, use_cache=False)
+    x, a = stack_inputs([big], [seq], 2)
+    with torch.no_grad():
+        q = net(torch.from_numpy(x), torch.from_numpy(a))
+        ref = render(q, PRESETS["T2w"])[0].numpy()
+    np.testing.assert_allclose(est.render(PRESETS["T2w"]), ref, rtol=2e-3, atol=1e-5)
+
+
+def test_estimate_rejects_bad_input():
+    net = QuantNet(TINY)
+    seq = SequenceParams("se", 0.05, 4.5)
+    bad = np.ones((4, 4), np.float32)
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        synth_task.estimate_maps(bad, seq, model=net)
+    with pytest.raises(ValueError, match="acquisition"):
+        synth_task.estimate_maps([np.ones((4, 4))] * 2, [seq], model=net)
+    with pytest.raises(ValueError, match="at most"):
+        synth_task.estimate_maps([np.ones((4, 4))] * 3, [seq] * 3, model=net)
+    with pytest.raises(ValueError):
+        SequenceParams("se", 0.5, 0.4)  # TE >= TR never reaches the renderer

@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Benchmark of the physics-informed synthesis model against the Param-Net models.
+
+    python scripts/bench_synth.py [--data runs/paper.h5] [--update-catalog]
+
+On the re-parameterization test set (paper protocol, held-out slices x held-out (TE, TR)
+pairs; made with `make-dataset` when missing) it prints PSNR (0-255, each prediction
+display-normalised to max 255 and rounded like the 8-bit ground truth) and MAE of:
+
+* Default-to-Param and Param-to-Param (the shipped Param-Net models),
+* the synthesis model from the default input (TE 50 ms / TR 4.5 s),
+* the synthesis model from the P2P input (another held-out pair, as Param-to-Param gets),
+* the synthesis model from both inputs at once,
+
+then generalisation (MNI152 test slices, never trained on; BrainWeb with the
+BrainWeb/KomaMRI tissue table, never trained on), the accuracy of the estimated PD/T1/T2
+maps in pure grey matter, white matter and CSF voxels (fraction > 0.9), and timings: the
+map estimate and the re-render of a 256 x 256 x 180 volume on the CPU (median of 20). It
+writes the montage docs/synth_montage.png: one default input rendered as T1w, T2w, PDw,
+FLAIR and STIR beside the simulator's truth.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_reparam import PAPER, predict, stats  # noqa: E402
+from MRISynthLib import catalog  # noqa: E402
+from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset, normalize_8bit, resize_slices  # noqa: E402
+from MRISynthLib.models.quantitative import effective_maps  # noqa: E402
+from MRISynthLib.physics.phantoms import brainweb_phantom, mni152_phantom  # noqa: E402
+from MRISynthLib.physics.signal import PRESETS, SequenceParams  # noqa: E402
+from MRISynthLib.physics.tissues import get_table  # noqa: E402
+from MRISynthLib.tasks import reparam as reparam_task  # noqa: E402
+from MRISynthLib.tasks.synth import MapEstimate, estimate_maps, load_model  # noqa: E402
+from MRISynthLib.training.quantitative import held_out_z  # noqa: E402
+from MRISynthLib.training.reparam import PaperData  # noqa: E402
+
+DEFAULT = SequenceParams("se", 0.05, 4.5)
+TARGET_D2P = 36.0
+
+
+def to_u8(img):
+    m = float(img.max())
+    return np.clip(np.round(img / (m if m > 0 else 1.0) * 255.0), 0, 255)
+
+
+def render_truth(frac, table, seq):
+    lut = get_table(table).lookup(frac.shape[0])
+    s = np.asarray(seq.signal(lut["pd"], lut["t1"], lut["t2"], lut["t2star"], validate=False), np.float32)
+    s = np.where(lut["pd"] > 0, s, 0.0).astype(np.float32)
+    return np.tensordot(s, frac, axes=1)
+
+
+def generalisation(ph, zs, table, te, tr, size=256):
+    """Default input -> each test pair on the given slices; returns (preds, truths) 8-bit."""
+    frac = resize_slices(np.ascontiguousarray(ph.fractions[:, zs].transpose(1, 0, 2, 3)), size)
+    preds, gts = [], []
+    for f in frac:
+        x, _ = normalize_8bit(render_truth(f, table, DEFAULT))
+        est = estimate_maps(x.astype(np.float32), DEFAULT, use_cache=False)
+        for t_e, t_r in zip(te, tr):
+            seq = SequenceParams("se", float(t_e), float(t_r))
+            preds.append(to_u8(est.render(seq)))
+            gts.append(normalize_8bit(render_truth(f, table, seq))[0].astype(np.float64))
+    return np.stack(preds), np.stack(gts)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="runs/paper.h5")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--figure", default="docs/synth_montage.png")
+    ap.add_argument("--update-catalog", action="store_true")
+    ap.add_argument("--volume-slices", type=int, default=180)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    if not Path(a.data).exists():
+        make_paper_dataset(a.data, ProtocolConfig(seed=0))
+    d = PaperData(a.data)
+    net, card = load_model(a.model, "cpu")
+    rng = np.random.default_rng(a.seed)
+    P, S = d.test_pairs, d.test_slices
+    bb, ss = np.meshgrid(P, S, indexing="ij")
+    bb, ss = bb.ravel(), ss.ravel()
+    gts = d.targets[bb, ss].astype(np.float64)
+    partner = {b: rng.choice(P[P != b]) for b in P}   # the same partners as bench_reparam.py
+    aa = np.array([partner[b] for b in bb])
+
+    rows, preds = {}, {}
+    for mode in ("d2p", "p2p"):
+        rnet, rcard = reparam_task.load_model(mode, "cpu")
+        if mode == "d2p":
+            x = np.stack([d.default_image(b, s) for b, s in zip(bb, ss)])
+            pr = predict(rnet, mode, x, d.te[bb], d.tr[bb])
+        else:
+            pr = predict(rnet, mode, d.targets[aa, ss], d.te[bb], d.tr[bb], d.te[aa], d.tr[aa])
+        preds[mode] = pr
+        rows[f"{'Default' if mode == 'd2p' else 'Param'}-to-Param ({rcard.id})"] = stats(pr, gts)
+
+    # synthesis from the default input: one estimate per slice, 40 renders each
+    t_est = []
+    ests = {}
+    for s in S:
+        t = time.perf_counter()
+        ests[s] = estimate_maps(d.default_image(P[0], s).astype(np.float32) / 255.0, DEFAULT, model=net,
+                                use_cache=False)
+        t_est.append(time.perf_counter() - t)
+    pr = np.stack([to_u8(ests[s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
+                   for b, s in zip(bb, ss)])
+    preds["synth_default"] = pr
+    rows[f"synthesis from the default input ({card.id})"] = r_def = stats(pr, gts)
+    # from the P2P input, and from both
+    pr1, pr2 = [], []
+    for b, s, a_ in zip(bb, ss, aa):
+        x = d.targets[a_, s].astype(np.float32) / 255.0
+        seq_in = SequenceParams("se", float(d.te[a_]), float(d.tr[a_]))
+        tgt = SequenceParams("se", float(d.te[b]), float(d.tr[b]))
+        pr1.append(to_u8(estimate_maps(x, seq_in, model=net, use_cache=False).render(tgt)))
+        both = [d.default_image(b, s).astype(np.float32) / 255.0, x]
+        pr2.append(to_u8(estimate_maps(both, [DEFAULT, seq_in], model=net, use_cache=False).render(tgt)))
+    preds["synth_p2p"] = np.stack(pr1)
+    rows[f"synthesis from the P2P input ({card.id})"] = r_p2p = stats(preds["synth_p2p"], gts)
+    rows[f"synthesis from default + P2P inputs ({card.id})"] = r_both = stats(np.stack(pr2), gts)
+
+    print(f"\nTest set: {len(P)} held-out (TE, TR) pairs x {len(S)} held-out slices = {len(bb)} images "
+          f"(256x256, 8-bit; data {a.data})\n")
+    print(f"{'method':58s} {'PSNR dB (0-255)':>18s} {'MAE':>14s}")
+    for name, r in rows.items():
+        print(f"{name:58s} {r['psnr_mean']:8.2f} +/- {r['psnr_std']:5.2f} {r['mae_mean']:7.2f} +/- {r['mae_std']:4.2f}")
+    p2p_ref = rows[[k for k in rows if k.startswith("Param-to-Param")][0]]["psnr_mean"]
+    print(f"\nfrom the default input: {r_def['psnr_mean']:.2f} dB | target >= {TARGET_D2P:.0f} dB: "
+          f"{'MET' if r_def['psnr_mean'] >= TARGET_D2P else 'NOT MET'} | paper D2P {PAPER['d2p'][0]:.2f} dB")
+    print(f"from arbitrary inputs: {r_p2p['psnr_mean']:.2f} dB vs Param-to-Param {p2p_ref:.2f} dB: "
+          f"{'better (MET)' if r_p2p['psnr_mean'] > p2p_ref else 'NOT better (NOT MET)'}")
+
+    # generalisation
+    print("\nGeneralisation (default input -> the 40 test pairs):")
+    gen = {}
+    mni = mni152_phantom(voxel_mm=2.0)
+    bw = brainweb_phantom(voxel_mm=2.0)
+    te, tr = d.te[P], d.tr[P]
+    for label, ph, table in (("MNI152 test slices, MRiLab table (unseen anatomy)", mni, "mrilab"),
+                             ("BrainWeb test slices, BrainWeb/KomaMRI table (unseen tissue values)", bw,
+                              "brainweb_koma")):
+        p_, g_ = generalisation(ph, held_out_z(ph), table, te, tr)
+        gen[label] = r = stats(p_, g_)
+        print(f"  {label:70s} {r['psnr_mean']:6.2f} +/- {r['psnr_std']:5.2f} dB, MAE {r['mae_mean']:.2f}")
+
+    # map accuracy on the BrainWeb test slices (MRiLab table, default input)
+    zs = held_out_z(bw)
+    frac = resize_slices(np.ascontiguousarray(bw.fractions[:, zs].transpose(1, 0, 2, 3)), 256)
+    lut = get_table("mrilab").lookup(frac.shape[0])
+    errs = {t: {k: [] for k in ("pd", "t1", "t2")} for t in ("grey matter", "white matter", "CSF")}
+    for f in frac:
+        x, _ = normalize_8bit(render_truth(f, "mrilab", DEFAULT))
+        est = estimate_maps(x.astype(np.float32), DEFAULT, model=net, use_cache=False)
+        m = est.maps()
+        pd_k = lut["pd"][1:, None, None] * f[1:]
+        truth = effective_maps(pd_k, np.where(lut["pd"][1:] > 0, lut["t1"][1:], 1.0),
+                               np.where(lut["pd"][1:] > 0, lut["t2"][1:], 1.0),
+                               np.where(lut["pd"][1:] > 0, lut["t2star"][1:], 1.0))
+        for name, lab in (("CSF", 1), ("grey matter", 2), ("white matter", 3)):
+            pure = f[lab] > 0.9
+            for k in ("pd", "t1", "t2"):
+                errs[name][k].append(np.abs(m[k][pure] - truth[k][pure]) / truth[k][pure])
+    print("\nMap accuracy, BrainWeb test slices (pure voxels, fraction > 0.9): median relative error")
+    map_acc = {}
+    for name, e in errs.items():
+        map_acc[name] = {k: round(float(np.median(np.concatenate(v))), 4) for k, v in e.items()}
+        print(f"  {name:14s} PD {map_acc[name]['pd'] * 100:5.1f} %   T1 {map_acc[name]['t1'] * 100:5.1f} %   "
+              f"T2 {map_acc[name]['t2'] * 100:5.1f} %")
+
+    # timing
+    K = net.cfg.compartments
+    Z = a.volume_slices
+    vol_est = MapEstimate(np.random.default_rng(0).uniform(0, 1, (K, Z, 256, 256)).astype(np.float32),
+                          np.ones(Z, np.float32), np.linspace(0.3, 4, K).astype(np.float32),
+                          np.linspace(0.03, 2, K).astype(np.float32), np.linspace(0.02, 1, K).astype(np.float32))
+    timing = {"threads": torch.get_num_threads()}
+    print(f"\nTiming (torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {K} compartments):")
+    for nm in ("T2w", "FLAIR", "GRE"):
+        vol_est.render(PRESETS[nm])
+        ts = []
+        for _ in range(20):
+            t = time.perf_counter()
+            vol_est.render(PRESETS[nm])
+            ts.append(time.perf_counter() - t)
+        timing[f"render_{nm}_ms"] = round(float(np.median(ts)) * 1e3, 1)
+        print(f"  re-render {nm:5s} 256x256x{Z}: {np.median(ts) * 1e3:6.1f} ms (median of 20) | target <= 100 ms: "
+              f"{'MET' if np.median(ts) <= 0.1 else 'NOT MET'}")
+    del vol_est
+    vol = np.random.default_rng(0).uniform(0, 100, (Z, 256, 256)).astype(np.float32)
+    t = time.perf_counter()
+    estimate_maps(vol, DEFAULT, model=net, use_cache=False)
+    timing["estimate_volume_s"] = round(time.perf_counter() - t, 2)
+    timing["estimate_slice_ms"] = round(float(np.median(t_est)) * 1e3, 1)
+    print(f"  map estimate: {timing['estimate_volume_s']:.2f} s per 256x256x{Z} volume, "
+          f"{timing['estimate_slice_ms']:.0f} ms for one 256x256 slice")
+
+    # montage: one default input rendered as the presets, beside the truth
+    from MRISynthLib.viz import montage
+    f = frac[2]
+    x, _ = normalize_8bit(render_truth(f, "mrilab_full", DEFAULT))
+    est = estimate_maps(x.astype(np.float32), DEFAULT, model=net, use_cache=False)
+    names = ["T1w", "T2w", "PDw", "FLAIR", "STIR"]
+    r_row = [to_u8(est.render(PRESETS[n])) for n in names]
+    t_row = [normalize_8bit(render_truth(f, "mrilab_full", PRESETS[n]))[0].astype(np.float64) for n in names]
+    e_row = [np.abs(r - t) for r, t in zip(r_row, t_row)]
+    grid = [[x, None, None]] + [[r, t, e] for r, t, e in zip(r_row, t_row, e_row)]
+    montage(grid, a.figure, row_titles=["input\nSE 50/4500 ms"] + [f"{n}\n{PRESETS[n].describe()}" for n in names],
+            col_titles=["synthesized", "simulator truth", "|difference|"], cmaps=["gray", "gray", "magma"],
+            robust=False, panel_titles={(0, 0): "input (held-out slice)"},
+            title="Physics-informed synthesis from one spin-echo input\n(BrainWeb test slice, MRiLab+fat table)")
+    print(f"\nmontage: {a.figure}")
+
+    if a.update_catalog:
+        cards = catalog.load_catalog()
+        c = cards[card.id]
+        c.metrics = {"default_input": r_def, "p2p_input": r_p2p, "both_inputs": r_both,
+                     "test_set": f"{len(P)} held-out pairs x {len(S)} held-out slices",
+                     "generalisation": gen, "map_median_relative_error": map_acc, "target_psnr": TARGET_D2P}
+        c.timing = {"cpu": timing}
+        catalog.save_catalog(cards)
+        print("catalog updated")
+
+
+if __name__ == "__main__":
+    main()
