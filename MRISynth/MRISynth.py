@@ -77,10 +77,15 @@ def ensureDependencies(askUser=True):
     return True
 
 
+TASK_REPARAM = "Contrast re-parameterization (TE/TR)"
+TASK_SYNTH = "Physics-informed synthesis (any contrast)"
+
+
 @parameterNodeWrapper
 class MRISynthParameterNode:
-    """Every GUI setting; saved with the scene. Times in seconds."""
+    """Every GUI setting; saved with the scene. Times in seconds, flip angle in degrees."""
 
+    task: str = TASK_REPARAM
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
     inputTE: float = 0.05
@@ -90,6 +95,13 @@ class MRISynthParameterNode:
     model: str = "d2p"
     device: str = "auto"
     livePreview: bool = False
+    synthSequence: str = "ir"
+    synthTE: float = 0.12
+    synthTR: float = 9.0
+    synthTI: float = 2.5
+    synthFlip: float = 30.0
+    saveMaps: bool = False
+    liveRender: bool = False
 
 
 class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -119,6 +131,10 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         for slider in (self.ui.targetTESlider, self.ui.targetTRSlider):
             slider.connect("valueChanged(double)", self.onTargetChanged)
+        for slider in (self.ui.synthTESlider, self.ui.synthTRSlider, self.ui.synthTISlider, self.ui.synthFlipSlider):
+            slider.connect("valueChanged(double)", self.onSynthTargetChanged)
+        self.ui.synthSequenceComboBox.connect("currentIndexChanged(int)", self.onSynthTargetChanged)
+        self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
@@ -159,6 +175,12 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._guiObservation = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
+            self.onTaskChanged()
+
+    def onTaskChanged(self, index=None):
+        synth = self._parameterNode is not None and self._parameterNode.task == TASK_SYNTH
+        self.ui.targetCollapsibleButton.setVisible(not synth)
+        self.ui.synthCollapsibleButton.setVisible(synth)
 
     def _checkCanApply(self, caller=None, event=None):
         p = self._parameterNode
@@ -188,6 +210,14 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("Preview failed.", waitCursor=True):
                 self.logic.previewRedSlice(self._parameterNode)
 
+    def onSynthTargetChanged(self, value=None):
+        p = self._parameterNode
+        if not (p and p.liveRender and p.task == TASK_SYNTH and p.outputVolume and not self._running):
+            return
+        if MRISynthLogic.validateSettings(p) is None:  # maps are cached: this only re-renders
+            with slicer.util.tryWithErrorDisplay("Re-render failed.", waitCursor=True):
+                self.logic.synthesizeFromParameters(p, withMaps=False)
+
     def onModelsFolder(self):
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(MRISynthLogic.modelsFolder()))
 
@@ -213,12 +243,16 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.processEvents()  # chunked in-process work: the GUI stays responsive
 
         try:
-            with slicer.util.tryWithErrorDisplay("Re-parameterization failed.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay("Synthesis failed.", waitCursor=True):
                 if not ensureDependencies():
                     return
-                out = self.logic.reparameterize(p.inputVolume, p.targetTE, p.targetTR, p.inputTE, p.inputTR,
-                                                model=p.model, device=p.device, outputNode=p.outputVolume,
-                                                cancel=lambda: self._cancelRequested, progress=progress)
+                cancel = lambda: self._cancelRequested  # noqa: E731
+                if p.task == TASK_SYNTH:
+                    out = self.logic.synthesizeFromParameters(p, cancel=cancel, progress=progress)
+                else:
+                    out = self.logic.reparameterize(p.inputVolume, p.targetTE, p.targetTR, p.inputTE, p.inputTR,
+                                                    model=p.model, device=p.device, outputNode=p.outputVolume,
+                                                    cancel=cancel, progress=progress)
                 p.outputVolume = out
                 slicer.util.setSliceViewerLayers(background=out, fit=True)
                 self.log(f"{out.GetName()}: done in {time.time() - start:.1f} s")
@@ -263,10 +297,38 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
             return "Select an input volume"
         if p.outputVolume and p.outputVolume == p.inputVolume:
             return "The output must not be the input volume"
-        for te, tr, what in ((p.inputTE, p.inputTR, "input"), (p.targetTE, p.targetTR, "target")):
+        synth = p.task == TASK_SYNTH
+        target = (p.synthTE, p.synthTR) if synth else (p.targetTE, p.targetTR)
+        for (te, tr), what in (((p.inputTE, p.inputTR), "input"), (target, "target")):
             if not (0 < te < tr):
                 return f"The {what} TE must be positive and shorter than TR"
+        if synth and p.synthSequence == "ir" and not (0 < p.synthTI < p.synthTR - p.synthTE):
+            return "TI must lie between 0 and TR - TE"
+        if synth and p.synthSequence == "gre" and not (0 < p.synthFlip <= 180):
+            return "The flip angle must lie in (0, 180] degrees"
         return None
+
+    @staticmethod
+    def targetFromParameters(p):
+        from MRISynthLib.physics.signal import SequenceParams
+        return SequenceParams(p.synthSequence, p.synthTE, p.synthTR,
+                              ti=p.synthTI if p.synthSequence == "ir" else None,
+                              flip=p.synthFlip if p.synthSequence == "gre" else None)
+
+    def synthesize(self, inputNode, target, inputTE=None, inputTR=None, device="auto", outputNode=None,
+                   saveMaps=False, cancel=None, progress=None):
+        """Render ``target`` (a MRISynthLib.physics.signal.SequenceParams, e.g. PRESETS["FLAIR"]) from a
+        spin-echo input through the estimated PD/T1/T2; returns (outputNode, maps dict)."""
+        from MRISynthLib.mrml import synthesize_node
+        return synthesize_node(slicer.mrmlScene, inputNode, target, inputTE, inputTR, device=device,
+                               output_node=outputNode, save_maps=saveMaps, cancel=cancel, progress_callback=progress)
+
+    def synthesizeFromParameters(self, p, cancel=None, progress=None, withMaps=True):
+        out, maps = self.synthesize(p.inputVolume, self.targetFromParameters(p), p.inputTE, p.inputTR,
+                                    device=p.device, outputNode=p.outputVolume, saveMaps=p.saveMaps and withMaps,
+                                    cancel=cancel, progress=progress)
+        p.outputVolume = out
+        return out
 
     def reparameterize(self, inputNode, targetTE, targetTR, inputTE=None, inputTR=None, model="d2p",
                        device="auto", outputNode=None, cancel=None, progress=None):
@@ -309,6 +371,8 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.test_library_imports()
         self.setUp()
         self.test_reparameterize_logic()
+        self.setUp()
+        self.test_synthesize_logic()
 
     def test_library_imports(self):
         import MRISynthLib
@@ -332,3 +396,21 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img.astype(np.float32))
         self.delayDisplay("re-parameterization logic ok")
+
+    def test_synthesize_logic(self):
+        import numpy as np
+        from MRISynthLib.physics.phantoms import Phantom
+        from MRISynthLib.physics.signal import PRESETS, SequenceParams
+
+        labels = np.zeros((3, 64, 64), np.uint8)
+        labels[:, 8:56, 8:56] = 1
+        labels[:, 16:48, 16:48] = 2
+        labels[:, 24:40, 24:40] = 3
+        img = Phantom.from_labels(labels).render(SequenceParams("se", 0.05, 4.5)).astype(np.float32)
+        node = slicer.util.addVolumeFromArray(img, name="phantom")
+        out, maps = MRISynthLogic().synthesize(node, PRESETS["FLAIR"], 0.05, 4.5, device="cpu", saveMaps=True)
+        self.assertIsNot(out, node)
+        self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
+        self.assertEqual(sorted(maps), ["pd", "t1", "t2", "t2star"])
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img)
+        self.delayDisplay("physics-informed synthesis logic ok")

@@ -153,10 +153,52 @@ def reparameterize_node(scene, input_node, target_te: float, target_tr: float, i
     return write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
 
 
+def synthesize_node(scene, input_node, target, input_te: Optional[float] = None, input_tr: Optional[float] = None,
+                    model=None, device="auto", output_node=None, save_maps: bool = False, cancel=None,
+                    progress_callback=None):
+    """Physics-informed synthesis of ``target`` (a :class:`SequenceParams`) from a spin-echo
+    input node; returns ``(output_node, maps)`` where ``maps`` maps "pd"/"t1"/"t2"/"t2star"
+    to new nodes when ``save_maps`` (PD relative to water, times in seconds).
+
+    The map estimate is cached by the library, so calling this again with another target
+    (a slider move) only re-renders. The input node is never modified and nothing is
+    added to the scene before the whole volume is computed.
+    """
+    from .physics.signal import SequenceParams
+    from .tasks.synth import estimate_maps
+
+    if output_node is not None and output_node is input_node:
+        raise ValueError("the output volume must not be the input volume")
+    if not isinstance(target, SequenceParams):
+        raise TypeError("target must be a SequenceParams")
+    vol = volume_from_node(input_node)
+    acq = acquisition_from_node(input_node)
+    input_te = acq.get("te") if input_te is None else input_te
+    input_tr = acq.get("tr") if input_tr is None else input_tr
+    if input_te is None or input_tr is None:
+        raise ValueError("the input TE and TR are needed (they are not in the volume's DICOM header)")
+    est = estimate_maps(vol, SequenceParams("se", input_te, input_tr), model=model, device=device, cancel=cancel,
+                        progress_callback=progress_callback)
+    out = vol.with_array(est.render(target))
+    tag = {"se": "SE", "ir": "IR", "gre": "GRE"}[target.sequence]
+    name = f"{input_node.GetName()}_{tag}_TE{target.te * 1e3:.0f}_TR{target.tr * 1e3:.0f}"
+    if target.sequence == "ir":
+        name += f"_TI{target.ti * 1e3:.0f}"
+    if target.sequence == "gre":
+        name += f"_FA{target.flip:g}"
+    node = write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
+    maps = {}
+    if save_maps:
+        for key, arr in est.maps().items():
+            maps[key] = write_volume_node(scene, vol.with_array(arr), f"{input_node.GetName()}_{key.upper()}",
+                                          reference_node=input_node)
+    return node, maps
+
+
 def new_scene():
     """A fresh MRML scene (for the console and tests outside Slicer)."""
     return slicer.vtkMRMLScene()
 
 
 __all__ = ["volume_from_node", "write_volume_node", "scalar_array_for_mrml", "place_in_study", "remove_node",
-           "acquisition_from_node", "new_scene", "node_ijk_to_ras", "reparameterize_node"]
+           "acquisition_from_node", "new_scene", "node_ijk_to_ras", "reparameterize_node", "synthesize_node"]

@@ -87,3 +87,31 @@ def test_output_goes_under_the_input_study():
         sh.CreateItem(study, node)
     out = mrml.write_volume_node(scene, io.Volume(np.zeros((2, 8, 8), np.float32)), "out", reference_node=node)
     assert sh.GetItemParent(sh.GetItemByDataNode(out)) == study
+
+
+def test_synthesize_node_output_maps_and_no_partial_node(scene_and_node):
+    import torch
+
+    from MRISynthLib.models.quantitative import QuantConfig, QuantNet
+    from MRISynthLib.physics.signal import PRESETS
+
+    scene, node, vol = scene_and_node
+    torch.manual_seed(0)
+    net = QuantNet(QuantConfig(widths=[8, 16], head_width=16))
+    before = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    n = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    with pytest.raises(Cancelled):
+        mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, cancel=lambda: True)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n
+    out, maps = mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, save_maps=True)
+    assert out.GetName() == "T2w_IR_TE120_TR9000_TI2500" and set(maps) == {"pd", "t1", "t2", "t2star"}
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n + 5
+    for m in [out, *maps.values()]:
+        np.testing.assert_allclose(mrml.node_ijk_to_ras(m), mrml.node_ijk_to_ras(node))
+        assert slicer.util.arrayFromVolume(m).shape == before.shape
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    # a slider move re-renders into the same node
+    again, _ = mrml.synthesize_node(scene, node, PRESETS["T1w"], 0.05, 4.5, model=net, output_node=out)
+    assert again is out and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n + 5
+    with pytest.raises(ValueError, match="must not be the input"):
+        mrml.synthesize_node(scene, node, PRESETS["T1w"], 0.05, 4.5, model=net, output_node=node)

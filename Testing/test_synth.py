@@ -12,7 +12,6 @@ from MRISynthLib.tasks import synth as synth_task
 from MRISynthLib.training.quantitative import (QuantTrainConfig, collate, make_sample, quant_loss,
                                                random_acquisition, train_quantitative, true_maps)
 
-from conftest import needs_data
 
 TINY = QuantConfig(widths=[8, 16], head_width=16)
 SEQS = [PRESETS[n] for n in ("T1w", "T2w", "PDw", "FLAIR", "STIR", "GRE")] + [

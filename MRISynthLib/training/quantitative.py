@@ -29,17 +29,15 @@ neighbours +/-1.
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data.simulate import ProtocolConfig, brain_slices, resize_slices
-from ..models.quantitative import (QuantConfig, QuantMaps, QuantNet, compartment_signals, encode_acquisition,
-                                   render)
+from ..models.quantitative import QuantConfig, QuantMaps, QuantNet, encode_acquisition, render
 from ..physics.phantoms import Phantom, add_noise, bias_field, brainweb_phantom, mni152_phantom
 from ..physics.signal import SequenceParams
 from ..physics.tissues import get_table, jitter_table
@@ -138,10 +136,10 @@ def make_sample(frac: np.ndarray, rng: np.random.Generator, n_slots: int, table=
         table = jitter_table(base, rng) if jitter else base
     lut = table.lookup(frac.shape[0])
     H, W = frac.shape[-2:]
-    field = 1.0
+    recv = 1.0
     if bias if bias is not None else rng.random() < 0.7:
-        field = bias_field((H, W), rng, float(rng.uniform(0.05, 0.2))).astype(np.float32)
-    p = (lut["pd"][1:, None, None].astype(np.float32) * frac[1:]) * field
+        recv = bias_field((H, W), rng, float(rng.uniform(0.05, 0.2))).astype(np.float32)
+    p = (lut["pd"][1:, None, None].astype(np.float32) * frac[1:]) * recv
     present = lut["pd"][1:] > 0
     relax = np.stack([np.where(present, lut[k][1:], 1.0) for k in ("t1", "t2", "t2star")]).astype(np.float32)
     if seqs is None:
