@@ -106,5 +106,22 @@ def save_weights(state_dict, path, fp16: bool = True) -> str:
     return sha256sum(path)
 
 
-__all__ = ["ModelCard", "ChecksumError", "load_catalog", "save_catalog", "get_card", "list_models",
+def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = True, **fields) -> ModelCard:
+    """Write the weights beside the catalog and add (or replace) the model's card.
+
+    ``fields`` are further :class:`ModelCard` fields; metrics and timing already in the
+    catalog are kept unless given.
+    """
+    fname = f"{model_id}.safetensors"
+    sha = save_weights(state_dict, MODELS_DIR / fname, fp16=fp16)
+    cards = load_catalog()
+    old = cards.get(model_id)
+    keep = {"metrics": old.metrics, "timing": old.timing} if old else {}
+    cards[model_id] = ModelCard(id=model_id, version=fields.pop("version", "1.0"), task=task,
+                                architecture=architecture, weights=fname, sha256=sha, **{**keep, **fields})
+    save_catalog(cards)
+    return cards[model_id]
+
+
+__all__ = ["ModelCard", "ship", "ChecksumError", "load_catalog", "save_catalog", "get_card", "list_models",
            "weights_path", "load_state_dict", "save_weights", "MODELS_DIR"]

@@ -300,7 +300,7 @@ def cmd_recon(a) -> int:
     k, mask, maps, attrs = _read_kspace_file(a.input)
     t0 = time.time()
     img = reconstruct(k, mask=mask, maps=None if a.estimate_maps else maps, method=a.method, lamda=a.lamda,
-                      iters=a.iters, progress=not a.quiet)
+                      iters=a.iters, model=a.model, device=a.device, progress=not a.quiet)
     geo = {}
     if "spacing" in attrs:
         geo = {"spacing": tuple(np.asarray(attrs["spacing"]).tolist()), "origin": tuple(np.asarray(attrs["origin"]).tolist()),
@@ -450,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", "-i", required=True, help="HDF5 k-space file")
     s.add_argument("--output", "-o", required=True, help="magnitude volume to write")
     s.add_argument("--phase", help="also write the phase (radians) here")
-    s.add_argument("--method", choices=["zero-filled", "cg-sense", "cs"], default="cs")
+    s.add_argument("--method", choices=["zero-filled", "cg-sense", "cs", "unrolled"], default="cs")
+    s.add_argument("--model", default=None, help="unrolled: a model id from the catalog (default: the shipped one)")
+    s.add_argument("--device", default="auto", help="unrolled: auto, cpu, cuda, cuda:N (default auto)")
     s.add_argument("--lamda", type=float, help="regularisation weight (default 0.01 CG-SENSE, 0.002 CS)")
     s.add_argument("--iters", type=int, help="iterations (default 30 CG-SENSE, 100 CS)")
     s.add_argument("--estimate-maps", action="store_true", help="estimate coil maps even if the file has them")

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Benchmark of static multi-coil reconstruction on held-out SIAT slices (work in progress).
+"""Benchmark of static multi-coil reconstruction on held-out SIAT slices.
 
+    python scripts/bench_recon.py --model unrolled-resnet-vd1d-r4-cpu --update-catalog \
+        --figure docs/recon_r4.png
     python scripts/bench_recon.py --ckpt runs/unrolled/vd1d_R4_s0.5/unrolled_resnet_supervised_ckpt.pt
+    python scripts/bench_recon.py --accel 8          # classical methods only at R = 8
 
 Test slices: SIAT 160-199 (never trained on), simulated with the training settings
 (8 coils, SNR 40, the given mask and acceleration, resize --scale), a different mask per
@@ -36,6 +39,8 @@ def scores(rec, ref):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", action="append", default=[], help="unrolled checkpoint(s) to evaluate")
+    ap.add_argument("--model", action="append", default=[], help="shipped unrolled model id(s) to evaluate")
+    ap.add_argument("--update-catalog", action="store_true", help="store the --model results in the catalog")
     ap.add_argument("--mask", default="vd1d")
     ap.add_argument("--accel", type=float, default=4.0)
     ap.add_argument("--scale", type=float, default=0.5)
@@ -65,10 +70,19 @@ def main():
                 t = lambda k: torch.from_numpy(np.ascontiguousarray(d[k][i:i + 1]))  # noqa: E731
                 return net(t("ksp"), t("maps"), t("masks"))[0].numpy()
         methods[f"unrolled {st['config']['denoiser']} (step {st['step']})"] = run
+    from MRISynthLib.tasks.recon import load_unrolled
+    for mid in a.model:
+        net, _ = load_unrolled(mid, "cpu")
+
+        def run(i, net=net):
+            with torch.no_grad():
+                t = lambda k: torch.from_numpy(np.ascontiguousarray(d[k][i:i + 1]))  # noqa: E731
+                return net(t("ksp"), t("maps"), t("masks"))[0].numpy()
+        methods[mid] = run
     print(f"{len(test_idx)} held-out SIAT slices, {a.mask} R={a.accel:g}, {d['imgs'].shape[-2:]} pixels, 8 coils, "
           f"SNR 40\n")
     print(f"{'method':34s} {'PSNR dB':>14s} {'SSIM':>13s} {'NRMSE (body)':>16s} {'s/slice':>8s}")
-    recs = {}
+    recs, results = {}, {}
     for name, f in methods.items():
         out, t0 = [], time.perf_counter()
         for i in range(len(test_idx)):
@@ -77,8 +91,24 @@ def main():
         s = np.array([scores(o, r) for o, r in zip(out, d["imgs"])])
         recs[name] = out
         m, sd = s.mean(0), s.std(0)
+        results[name] = {"psnr_mean": round(float(m[0]), 2), "psnr_std": round(float(sd[0]), 2),
+                         "ssim_mean": round(float(m[1]), 3), "nrmse_body_mean": round(float(m[2]), 4),
+                         "s_per_slice_cpu": round(dt, 3)}
         print(f"{name:34s} {m[0]:7.2f} +/- {sd[0]:4.2f} {m[1]:6.3f} +/- {sd[1]:4.3f} {m[2]:8.4f} +/- {sd[2]:5.4f} "
               f"{dt:8.3f}")
+    cs = results["L1-wavelet CS"]
+    for name, r in results.items():
+        if name.startswith("unrolled") or name in a.model:
+            print(f"{name}: {r['psnr_mean'] - cs['psnr_mean']:+.2f} dB vs CS (target >= +2), "
+                  f"{cs['s_per_slice_cpu'] / r['s_per_slice_cpu']:.1f}x faster (target >= 10x)")
+    if a.update_catalog and a.model:
+        from MRISynthLib import catalog
+        cards = catalog.load_catalog()
+        for mid in a.model:
+            cards[mid].metrics = {**results[mid], "test_set": f"SIAT slices {test_idx[0]}-{test_idx[-1]}, {a.mask} "
+                                  f"R={a.accel:g}, scale {a.scale:g}", "cs": cs, "zero_filled": results["zero-filled"]}
+        catalog.save_catalog(cards)
+        print("catalog updated")
     if a.figure:
         from MRISynthLib.viz import montage
         ref = np.abs(d["imgs"][0])

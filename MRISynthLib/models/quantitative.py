@@ -5,15 +5,16 @@ Model (:class:`QuantNet`)
     acquisition (sequence type, TE, TR, TI, flip angle; :func:`encode_acquisition`), each
     image scaled so that its maximum is 1; renders come out in the first input's units.
     A U-Net (GroupNorm, SiLU) maps the stacked images and broadcast acquisition channels
-    to per-voxel *compartment densities* ``p_k(x)``, k = 1..K: the proton density that
-    compartment k contributes to voxel x (PD-weighted partial-volume fractions). A
-    global head then reads, for every compartment, the mean input intensity inside it
-    and the acquisition codes, and predicts the compartment's T1, T2 and T2*, plus one
-    scalar ``g`` that converts PD to the input's (normalised) intensity units.
+    to per-voxel partial-volume *fractions* ``f_k(x)`` of K compartments plus "no tissue"
+    (a softmax over K + 1 classes) and a smooth receive bias ``b(x)``. A global head then
+    reads, for every compartment, the mean input intensity inside it and the acquisition
+    codes, and predicts the compartment's PD, T1, T2 and T2*, plus one scalar ``g`` that
+    converts PD to the input's (normalised) intensity units. The compartment densities
+    are ``p_k(x) = b(x) PD_k f_k(x)``: the proton density compartment k contributes to x.
 
-    Output ranges are enforced by the output layer: ``p_k`` in [0, 1.5] (PD relative to
-    water, times a receive bias within +/-25 %), T1 in [50 ms, 6 s], T2 in [5 ms, 3 s]
-    and T2* in [1 ms, T2] (sigmoids in log space).
+    Output ranges are enforced by the output layer: fractions in [0, 1] summing to 1,
+    PD_k in [0, 1.2] (relative to water), b in [0.74, 1.35], T1 in [50 ms, 6 s], T2 in
+    [5 ms, 3 s] and T2* in [1 ms, T2] (sigmoids in log space).
 
 Why compartments: a voxel of a real scan (and of the simulator) holds a mixture of
 tissues; its signal is the sum over tissues of fraction x signal, which one mono-
@@ -52,7 +53,9 @@ N_ACQ = 8
 T1_RANGE = (0.05, 6.0)
 T2_RANGE = (0.005, 3.0)
 T2S_MIN = 0.001
-P_MAX = 1.5
+PD_MAX = 1.2
+BIAS_LOG = 0.3
+P_MAX = PD_MAX * math.exp(BIAS_LOG)
 
 
 def encode_acquisition(seq: Optional[SequenceParams]) -> np.ndarray:
@@ -86,12 +89,17 @@ def _block(cin, cout):
 @dataclass
 class QuantMaps:
     """Compartment densities ``p`` (B, K, H, W), per-compartment ``t1``, ``t2``, ``t2s``
-    (B, K) in seconds, and the PD -> intensity scale ``g`` (B,)."""
+    (B, K) in seconds, and the PD -> intensity scale ``g`` (B,); from the network also the
+    fraction logits (B, K + 1, H, W; class 0 = no tissue), ``pd`` (B, K) and ``bias``
+    (B, H, W)."""
     p: torch.Tensor
     t1: torch.Tensor
     t2: torch.Tensor
     t2s: torch.Tensor
     g: torch.Tensor
+    logits: Optional[torch.Tensor] = None
+    pd: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
 
 
 def _range(x, lo, hi):
@@ -115,12 +123,12 @@ class QuantNet(nn.Module):
             self.up_conv.append(nn.Conv2d(c, wi, 1))
             self.up.append(_block(2 * wi, wi))
             c = wi
-        self.p_out = nn.Conv2d(c + cfg.n_inputs, cfg.compartments, 1)
+        self.f_out = nn.Conv2d(c + cfg.n_inputs, cfg.compartments + 2, 1)  # K + 1 classes, bias
         K, M = cfg.compartments, cfg.n_inputs
         hin = w[-1] + M * N_ACQ + K * (M + 1)
         self.head = nn.Sequential(nn.Linear(hin, cfg.head_width), nn.SiLU(),
                                   nn.Linear(cfg.head_width, cfg.head_width), nn.SiLU(),
-                                  nn.Linear(cfg.head_width, 3 * K + 1))
+                                  nn.Linear(cfg.head_width, 4 * K + 1))
 
     @property
     def multiple(self) -> int:
@@ -147,19 +155,79 @@ class QuantNet(nn.Module):
         for conv, blk, s in zip(self.up_conv, self.up, reversed(skips[:-1])):
             x = F.interpolate(x, size=s.shape[-2:], mode="bilinear", align_corners=False)
             x = blk(torch.cat([conv(x), s], 1))
-        p = P_MAX * torch.sigmoid(self.p_out(torch.cat([x, x_img], 1)))[..., :H, :W]
+        out = self.f_out(torch.cat([x, x_img], 1))[..., :H, :W]
+        K = self.cfg.compartments
+        logits = out[:, :K + 1]
+        frac = torch.softmax(logits, 1)[:, 1:]
+        bias = torch.exp(BIAS_LOG * torch.tanh(out[:, K + 1]))
         # per-compartment mean intensity of each input and compartment mass
-        mass = p.sum((-2, -1)) + 1e-3                                       # (B, K)
-        means = torch.einsum("bkhw,bmhw->bkm", p, images) / mass[..., None]  # (B, K, M)
+        mass = frac.sum((-2, -1)) + 1e-3                                       # (B, K)
+        means = torch.einsum("bkhw,bmhw->bkm", frac, images) / mass[..., None]  # (B, K, M)
         feats = torch.cat([bottleneck, acq.reshape(B, -1), means.reshape(B, -1),
                            torch.log(mass / (H * W))], 1)
         h = self.head(feats)
-        K = self.cfg.compartments
         t1 = _range(h[:, :K], *T1_RANGE)
         t2 = torch.minimum(_range(h[:, K:2 * K], *T2_RANGE), t1)
-        t2s = T2S_MIN + (t2 - T2S_MIN) * torch.sigmoid(h[:, 2 * K:3 * K] + 1.0)
-        g = torch.exp(h[:, 3 * K])
-        return QuantMaps(p, t1, t2, t2s, g)
+        t2s = torch.minimum(T2S_MIN + (t2 - T2S_MIN) * torch.sigmoid(h[:, 2 * K:3 * K] + 1.0), t2)
+        pd = PD_MAX * torch.sigmoid(h[:, 3 * K:4 * K])
+        g = torch.exp(h[:, 4 * K].clamp(-30.0, 30.0))
+        p = bias[:, None] * pd[:, :, None, None] * frac
+        return QuantMaps(p, t1, t2, t2s, g, logits, pd, bias)
+
+
+def refine_fractions(q: QuantMaps, image: torch.Tensor, seq: SequenceParams, lam: float = 1e-2) -> QuantMaps:
+    """Data-consistency refinement of the fractions against the first input image.
+
+    The estimate must reproduce the image it came from: with the estimated compartment
+    intensities ``I_k = c g PD_k s(T1_k, T2_k, T2*_k; seq)`` the input is modelled as
+    ``I(x) = b(x) sum_k f_k(x) I_k``. In every voxel the two most likely classes (the
+    "no tissue" class included, ``I_0 = 0``) keep their joint fraction, and its split
+    ``t`` between them is the Tikhonov-regularised least-squares solution
+
+        t = argmin (b (I_a - I_b) t - r)^2 + lam (t - f_a)^2,  0 <= t <= f_a + f_b,
+
+    with ``r`` the residual of the other classes: exact two-tissue partial volume where
+    the two intensities differ, the network's split where they do not (lam sets the
+    cross-over, in squared units of the normalised image). The intensity scale ``c``
+    corrects the network's ``g``: it is the value in [0.7, 1.4] (searched on a grid,
+    refined twice) that leaves the smallest residual after the split, since mixed voxels
+    can absorb a wrong scale but pure ones cannot. ``image`` (B, H, W) is the first input
+    as the network saw it (maximum 1), ``seq`` its acquisition.
+    """
+    if q.logits is None:
+        raise ValueError("refinement needs the network's fraction logits")
+    frac = torch.softmax(q.logits, 1)                                          # (B, K+1, H, W)
+    s = compartment_signals(q.t1, q.t2, q.t2s, seq)                            # (B, K)
+    base = torch.cat([torch.zeros_like(s[:, :1]), q.g[:, None] * q.pd * s], 1)  # (B, K+1)
+    top = frac.topk(2, dim=1).indices                                          # (B, 2, H, W)
+    ia0 = torch.gather(base[:, :, None, None].expand_as(frac), 1, top[:, :1])[:, 0]
+    ib0 = torch.gather(base[:, :, None, None].expand_as(frac), 1, top[:, 1:])[:, 0]
+    fa = torch.gather(frac, 1, top[:, :1])[:, 0]
+    fb = torch.gather(frac, 1, top[:, 1:])[:, 0]
+    b = q.bias
+    rest0 = b * ((frac * base[:, :, None, None]).sum(1) - fa * ia0 - fb * ib0)
+    mass = fa + fb
+
+    def split(c):  # c (B,) -> t (B, H, W) and the per-image squared residual
+        c = c[:, None, None]
+        d = b * c * (ia0 - ib0)
+        r = image - c * rest0 - b * c * mass * ib0
+        t = torch.minimum(((d * r + lam * fa) / (d * d + lam)).clamp(min=0.0), mass)
+        return t, ((d * t - r) ** 2).sum((-2, -1))
+
+    lo = torch.full_like(q.g, math.log(0.7))
+    hi = torch.full_like(q.g, math.log(1.4))
+    for _ in range(3):
+        grid = torch.stack([lo + (hi - lo) * k / 40 for k in range(41)], 1)    # (B, 41)
+        err = torch.stack([split(torch.exp(grid[:, k]))[1] for k in range(41)], 1)
+        best = grid.gather(1, err.argmin(1, keepdim=True))[:, 0]
+        step = (hi - lo) / 40
+        lo, hi = best - step, best + step
+    c = torch.exp(best)
+    t, _ = split(c)
+    frac = frac.scatter(1, top, torch.stack([t, mass - t], 1))
+    p = b[:, None] * q.pd[:, :, None, None] * frac[:, 1:]
+    return QuantMaps(p, q.t1, q.t2, q.t2s, q.g * c, torch.log(frac.clamp_min(1e-12)), q.pd, q.bias)
 
 
 def compartment_signals(t1, t2, t2s, seq: SequenceParams):

@@ -7,15 +7,17 @@ slice). The volume's geometry is kept as file attributes so that the reconstruct
 comes back with it.
 
 :func:`reconstruct` runs one method on k-space [slices, coils, kx, ky]: ``zero-filled``
-(adjoint with maps, else RSS), ``cg-sense`` and ``cs`` (L1-wavelet). Maps are estimated
-from the auto-calibration region when not given; the mask is taken from the non-zero
-k-space samples when not given.
+(adjoint with maps, else RSS), ``cg-sense``, ``cs`` (L1-wavelet) and ``unrolled`` (a
+catalog network, :mod:`MRISynthLib.models.unrolled`; each slice scaled like its training
+data, zero-filled 99th percentile = 1). Maps are estimated from the auto-calibration
+region when not given; the mask is taken from the non-zero k-space samples when not given.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..physics.masks import make_mask
@@ -24,7 +26,29 @@ from ..physics.sense import birdcage_maps, sense_forward
 from ..recon import classical as C
 from . import Cancelled
 
-METHODS = ("zero-filled", "cg-sense", "cs")
+METHODS = ("zero-filled", "cg-sense", "cs", "unrolled")
+_MODEL_CACHE: Dict[Tuple[str, str], object] = {}
+
+
+def load_unrolled(model: Optional[str] = None, device=None):
+    """A catalog unrolled network (default: the first ``recon`` model), cached per device."""
+    from ..catalog import get_card, list_models, load_state_dict
+    from ..device import resolve_device
+    from ..models.unrolled import UnrolledConfig, UnrolledNet
+
+    if model is None:
+        cands = sorted(list_models("recon"), key=lambda c: c.id)
+        if not cands:
+            raise FileNotFoundError("no shipped unrolled reconstruction model in the catalog")
+        model = cands[0].id
+    card = get_card(model)
+    dev = resolve_device(device)
+    key = (card.id + "@" + card.sha256, str(dev))
+    if key not in _MODEL_CACHE:
+        net = UnrolledNet(UnrolledConfig(**card.architecture))
+        net.load_state_dict(load_state_dict(card))
+        _MODEL_CACHE[key] = net.eval().to(dev)
+    return _MODEL_CACHE[key], card
 
 
 def undersample_volume(images: np.ndarray, mask_kind: str = "vd1d", accel: float = 4.0, n_coils: int = 8,
@@ -59,7 +83,7 @@ def undersample_volume(images: np.ndarray, mask_kind: str = "vd1d", accel: float
 
 def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Optional[np.ndarray] = None,
                 method: str = "cs", lamda: Optional[float] = None, iters: Optional[int] = None,
-                progress: bool = False, cancel: Optional[Callable[[], bool]] = None,
+                model=None, device=None, progress: bool = False, cancel: Optional[Callable[[], bool]] = None,
                 progress_callback: Optional[Callable[[float], None]] = None) -> np.ndarray:
     """Reconstruct k-space [slices, coils, kx, ky] (or [coils, kx, ky]) -> complex (slices, x, y)."""
     if method not in METHODS:
@@ -86,6 +110,11 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
         if maps.shape != k.shape:
             raise ValueError(f"maps {maps.shape} must match k-space {k.shape}")
     out = np.zeros((s, nx, ny), np.complex64)
+    if method == "unrolled":
+        from ..models.unrolled import UnrolledNet
+
+        net = model if isinstance(model, UnrolledNet) else load_unrolled(model, device)[0]
+        dev = next(net.parameters()).device
     scale = np.percentile(np.abs(C.zero_filled(k[s // 2], None, mask)), 99) or 1.0
     for i in tqdm(range(s), desc=method, unit="slice", disable=not progress):
         if cancel is not None and cancel():
@@ -96,7 +125,14 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
             out[i] = C.zero_filled(ki, None if maps is None else maps[i], mi)
         else:
             sm = maps[i] if maps is not None else C.estimate_maps(ki, mi)
-            if method == "cg-sense":
+            if method == "unrolled":
+                zf = np.abs(C.zero_filled(ki, sm, mi))
+                sc = float(np.percentile(zf, 99)) or 1.0
+                t = lambda a: torch.from_numpy(np.ascontiguousarray(a)[None]).to(dev)  # noqa: E731
+                with torch.inference_mode():
+                    y = net(t((ki / sc).astype(np.complex64)), t(sm.astype(np.complex64)), t(mi.astype(np.float32)))
+                out[i] = y[0].cpu().numpy() * sc
+            elif method == "cg-sense":
                 out[i] = C.cg_sense(ki, sm, mi, lamda=1e-2 if lamda is None else lamda, iters=iters or 30)
             else:
                 out[i] = C.l1_wavelet_cs(ki, sm, mi, lamda=2e-3 if lamda is None else lamda, iters=iters or 100)

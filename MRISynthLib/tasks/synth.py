@@ -4,7 +4,8 @@ Two steps with a cache between them, so that a slider only re-renders:
 
 1. :func:`estimate_maps` runs the network (:mod:`MRISynthLib.models.quantitative`) once
    per input (each slice normalised to maximum 1 per input image, resized to 256 x 256,
-   batched) and returns a :class:`MapEstimate`: compartment density volumes at the input's
+   batched), refines the partial-volume fractions so that the estimate re-renders the
+   first input (data consistency), and returns a :class:`MapEstimate`: compartment density volumes at the input's
    size, one T1/T2/T2* per compartment for the whole volume (the per-slice estimates
    averaged in log space, weighted by each compartment's mass in the slice), and the
    per-slice intensity scale folded into the densities. Estimates are cached per model,
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from ..catalog import ModelCard, get_card, list_models, load_state_dict
 from ..data.io import Volume
 from ..device import resolve_device
-from ..models.quantitative import QuantConfig, QuantNet, effective_maps, stack_inputs
+from ..models.quantitative import QuantConfig, QuantNet, effective_maps, refine_fractions, stack_inputs
 from ..physics.signal import SequenceParams
 from . import Cancelled
 from .reparam import _check_inputs
@@ -111,13 +112,16 @@ def _as_seq(x) -> SequenceParams:
 
 def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, model: Union[str, QuantNet, None] = None,
                   device=None, batch_size: int = 8, progress: bool = False, use_cache: bool = True,
+                  refine: bool = True, refine_lam: float = 1e-2,
                   cancel: Optional[Callable[[], bool]] = None,
                   progress_callback: Optional[Callable[[float], None]] = None) -> MapEstimate:
     """Estimate compartment maps from one or more co-registered inputs.
 
     ``inputs``: an array/:class:`Volume` or a list of them (same shape; 2D or 3D with
     slices along axis 0); ``acquisitions``: a :class:`SequenceParams` (or a list, one per
-    input). Inputs are never modified.
+    input). ``refine``: data-consistency refinement of the fractions against the first
+    input (:func:`MRISynthLib.models.quantitative.refine_fractions`). Inputs are never
+    modified.
     """
     ims = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     seqs = [_as_seq(s) for s in (acquisitions if isinstance(acquisitions, (list, tuple)) else [acquisitions])]
@@ -136,7 +140,7 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     M = net.cfg.n_inputs
     if len(arrs) > M:
         raise ValueError(f"this model takes at most {M} input images")
-    key = _key(arrs, seqs, card_key + str(dev)) if use_cache else None
+    key = _key(arrs, seqs, f"{card_key}{dev}{refine}{refine_lam}") if use_cache else None
     if key is not None and key in _ESTIMATE_CACHE:
         _ESTIMATE_CACHE.move_to_end(key)
         return _ESTIMATE_CACHE[key]
@@ -163,6 +167,8 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
             if (H, W) != (NET_SIZE, NET_SIZE):
                 xt = F.interpolate(xt, size=(NET_SIZE, NET_SIZE), mode="bilinear", align_corners=False, antialias=True)
             q = net(xt, torch.from_numpy(acq).to(dev))
+            if refine:
+                q = refine_fractions(q, xt[:, 0], seqs[0], refine_lam)
             p = q.p
             if (H, W) != (NET_SIZE, NET_SIZE):
                 p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False, antialias=True).clamp_min(0)
@@ -218,12 +224,8 @@ def export_model(net: QuantNet, model_id: str, tc=None, metrics: Optional[dict] 
     """Ship ``net`` as fp16 safetensors beside the catalog and add/replace its card."""
     from dataclasses import asdict
 
-    from ..catalog import CATALOG_FILE, load_catalog, save_catalog, save_weights
+    from ..catalog import ship
 
-    fname = f"{model_id}.safetensors"
-    sha = save_weights(net.state_dict(), CATALOG_FILE.parent / fname)
-    cards = load_catalog()
-    old = cards.get(model_id)
     training = {"data": "on-the-fly simulation: BrainWeb + MNI152 (2 mm grid, 256x256 slices), MRiLab and "
                         "MRiLab+fat tables with log-normal jitter, receive bias, Rician noise; paper-protocol "
                         "test slices (+/-1) held out",
@@ -231,13 +233,10 @@ def export_model(net: QuantNet, model_id: str, tc=None, metrics: Optional[dict] 
                         "and scale MSE", "optimizer": "Adam, cosine schedule"}
     if tc is not None:
         training.update({k: v for k, v in asdict(tc).items() if k in ("steps", "batch", "lr", "crop", "size")})
-    cards[model_id] = ModelCard(
-        id=model_id, version="1.0", task="synth", architecture=net.cfg.to_dict(), weights=fname, sha256=sha,
-        citation="MRISynth physics-informed synthesis; BrainWeb (Cocosco et al. 1997), MNI ICBM152 2009a "
-                 "(Fonov et al. 2011), MRiLab tissue tables (Liu et al. 2017)",
-        training=training, metrics=(metrics or (old.metrics if old else {})),
-        timing=(old.timing if old else {}),
-        description="Estimates per-voxel compartment PD maps and per-compartment T1/T2/T2* from 1-2 "
-                    "ordinary scans; renders spin echo, inversion recovery and gradient echo.")
-    save_catalog(cards)
-    return cards[model_id]
+    extra = {"metrics": metrics} if metrics else {}
+    return ship(model_id, "synth", net.cfg.to_dict(), net.state_dict(),
+                citation="MRISynth physics-informed synthesis; BrainWeb (Cocosco et al. 1997), MNI ICBM152 2009a "
+                         "(Fonov et al. 2011), MRiLab tissue tables (Liu et al. 2017)",
+                training=training,
+                description="Estimates per-voxel compartment PD maps and per-compartment T1/T2/T2* from 1-2 "
+                            "ordinary scans; renders spin echo, inversion recovery and gradient echo.", **extra)

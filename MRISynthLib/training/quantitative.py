@@ -18,9 +18,11 @@ protocol):
   trains on whole slices) and left-right mirroring.
 
 Loss = rendered-image L1 on the targets (self-supervised through the signal equations,
-relative to each target's maximum) + L1 on the compartment densities (the simulator
-knows them) + 0.1 x squared log-error of the compartments' T1/T2/T2* (weighted by each
-compartment's mass in the slice) + 0.1 x squared log-error of the intensity scale.
+relative to each target's maximum, floored at 2 % of the PD image's maximum) + map supervision where the simulator knows the
+truth: soft cross-entropy of the partial-volume fractions, squared error of the
+compartments' PD and of the receive bias (inside the head), and 0.1 x squared
+log-error of the compartments' T1/T2/T2* (weighted by each compartment's mass in the
+slice) and of the intensity scale.
 
 Held out (never trained on): the paper-protocol test slices of BrainWeb and of MNI152
 (every 5th of 24 slices spread over the brain, see :func:`held_out_z`) and their
@@ -44,6 +46,7 @@ from ..physics.tissues import get_table, jitter_table
 from .common import resume, save_ckpt, start_run
 
 DEFAULT_SEQ = SequenceParams("se", 0.05, 4.5)
+LOSS_PARTS = ("render", "frac", "pd", "bias", "relax", "g")
 
 
 @dataclass
@@ -58,7 +61,9 @@ class QuantTrainConfig:
     ckpt_every: int = 100
     tables: Tuple[str, ...] = ("mrilab", "mrilab_full")
     anatomies: Tuple[str, ...] = ("brainweb", "mni152")
-    w_p: float = 1.0
+    w_frac: float = 1.0
+    w_pd: float = 1.0
+    w_bias: float = 1.0
     w_relax: float = 0.1
     w_g: float = 0.1
 
@@ -122,6 +127,9 @@ class Sample:
     relax: np.ndarray           # (3, K) true T1, T2, T2* (1.0 where a compartment has no PD)
     present: np.ndarray         # (K,) compartment has PD in this table
     g: float                    # true PD -> first-input intensity scale
+    frac: np.ndarray = None     # (K + 1, H, W) true fractions (class 0: no tissue)
+    pd: np.ndarray = None       # (K,) true PD per compartment
+    bias: np.ndarray = None     # (H, W) true receive bias
     table: object = None
 
 
@@ -136,7 +144,7 @@ def make_sample(frac: np.ndarray, rng: np.random.Generator, n_slots: int, table=
         table = jitter_table(base, rng) if jitter else base
     lut = table.lookup(frac.shape[0])
     H, W = frac.shape[-2:]
-    recv = 1.0
+    recv = np.ones((H, W), np.float32)
     if bias if bias is not None else rng.random() < 0.7:
         recv = bias_field((H, W), rng, float(rng.uniform(0.05, 0.2))).astype(np.float32)
     p = (lut["pd"][1:, None, None].astype(np.float32) * frac[1:]) * recv
@@ -165,37 +173,57 @@ def make_sample(frac: np.ndarray, rng: np.random.Generator, n_slots: int, table=
         acq[j] = encode_acquisition(sq)
         if j == 0:
             g = 1.0 / c
-    return Sample(images, acq, p.astype(np.float32), relax, present, g, table)
+    f = frac.astype(np.float32)
+    f0 = np.clip(1.0 - f[1:].sum(0), 0, 1)   # "no tissue" class
+    fr = np.concatenate([f0[None], f[1:]]) / np.maximum(f0 + f[1:].sum(0), 1e-6)[None]
+    return Sample(images, acq, p.astype(np.float32), relax, present, g, fr.astype(np.float32),
+                  lut["pd"][1:].astype(np.float32), np.asarray(recv, np.float32), table)
 
 
 def collate(samples: List[Sample]):
     t = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
     return (t([s.images for s in samples]), t([s.acq for s in samples]), t([s.p for s in samples]),
             t([s.relax for s in samples]), t([s.present for s in samples]).float(),
-            torch.tensor([s.g for s in samples], dtype=torch.float32))
+            torch.tensor([s.g for s in samples], dtype=torch.float32),
+            {"frac": t([s.frac for s in samples]), "pd": t([s.pd for s in samples]),
+             "bias": t([s.bias for s in samples])})
 
 
 def true_maps(p, relax, g) -> QuantMaps:
     return QuantMaps(p, relax[:, 0], relax[:, 1], relax[:, 2], g)
 
 
-def quant_loss(q: QuantMaps, p, relax, present, g, targets: Sequence[SequenceParams], tc: QuantTrainConfig):
-    """Total loss and its parts (see module doc)."""
+def quant_loss(q: QuantMaps, p, relax, present, g, targets: Sequence[SequenceParams], tc: QuantTrainConfig,
+               extra: dict):
+    """Total loss and its parts (see module doc); ``extra`` from :func:`collate`."""
     truth = true_maps(p * present[:, :, None, None], relax, g)
+    # errors relative to the target's maximum, but never to less than 2 % of the PD image's
+    # maximum: a target near a null point (all tissues dark) must not blow the loss up
+    floor = 0.02 * g * (p * present[:, :, None, None]).sum(1).flatten(1).amax(1)
     l_render = 0.0
     for sq in targets:
         ref = render(truth, sq)
-        scale = ref.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+        scale = torch.maximum(ref.flatten(1).amax(1), floor).clamp_min(1e-6)[:, None, None]
         l_render = l_render + ((render(q, sq) - ref).abs() / scale).mean()
     l_render = l_render / max(len(targets), 1)
-    l_p = (q.p - p * present[:, :, None, None]).abs().mean() * q.p.shape[1]
+    zero = torch.zeros(())
+    l_frac = l_pd = l_bias = zero
+    if q.logits is not None:     # map supervision of the network's own outputs
+        ftrue = extra["frac"]
+        l_frac = -(ftrue * torch.log_softmax(q.logits, 1)).sum(1).mean()
+        fmass = ftrue[:, 1:].sum((-2, -1))
+        fmass = fmass / fmass.sum(1, keepdim=True).clamp_min(1e-6)
+        l_pd = (((q.pd - extra["pd"]) ** 2) * fmass).sum(1).mean()
+        head = (ftrue[:, 1:].sum(1) > 0.5).float()
+        l_bias = (((q.bias - extra["bias"]) ** 2) * head).sum() / head.sum().clamp_min(1)
     mass = (p.sum((-2, -1)) * present)
     mass = mass / mass.sum(1, keepdim=True).clamp_min(1e-6)
     est = torch.stack([q.t1, q.t2, q.t2s], 1)
     l_relax = ((torch.log(est) - torch.log(relax)) ** 2 * mass[:, None]).sum((1, 2)).mean()
     l_g = ((torch.log(q.g) - torch.log(g)) ** 2).mean()
-    total = l_render + tc.w_p * l_p + tc.w_relax * l_relax + tc.w_g * l_g
-    parts = {"render": l_render, "p": l_p, "relax": l_relax, "g": l_g}
+    total = (l_render + tc.w_frac * l_frac + tc.w_pd * l_pd + tc.w_bias * l_bias + tc.w_relax * l_relax
+             + tc.w_g * l_g)
+    parts = {"render": l_render, "frac": l_frac, "pd": l_pd, "bias": l_bias, "relax": l_relax, "g": l_g}
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -222,7 +250,7 @@ def train_quantitative(cfg: QuantConfig, out_dir, tc: QuantTrainConfig, fraction
     log = open(out_dir / "quant_loss.csv", "a", newline="")
     wr = csv.writer(log)
     if start == 0:
-        wr.writerow(["step", "loss", "render", "p", "relax", "g"])
+        wr.writerow(["step", "loss"] + list(LOSS_PARTS))
     step = start
 
     def save(s):
@@ -243,17 +271,17 @@ def train_quantitative(cfg: QuantConfig, out_dir, tc: QuantTrainConfig, fraction
                 if rng.random() < 0.5:
                     f = f[:, :, ::-1]
                 samples.append(make_sample(np.ascontiguousarray(f), rng, cfg.n_inputs, tables=tc.tables))
-            images, acq, p, relax, present, g = collate(samples)
+            images, acq, p, relax, present, g, extra = collate(samples)
             targets = [random_acquisition(rng) for _ in range(2)]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             q = net(images, acq)
-            loss, parts = quant_loss(q, p, relax, present, g, targets, tc)
+            loss, parts = quant_loss(q, p, relax, present, g, targets, tc, extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
-            wr.writerow([step, f"{loss.item():.6g}"] + [f"{parts[k]:.5g}" for k in ("render", "p", "relax", "g")])
+            wr.writerow([step, f"{loss.item():.6g}"] + [f"{parts[k]:.5g}" for k in LOSS_PARTS])
             if (step + 1) % tc.ckpt_every == 0:
                 save(step + 1)
                 log.flush()
