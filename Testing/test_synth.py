@@ -214,3 +214,11 @@ def test_refinement_recovers_two_tissue_partial_volume():
     torch.testing.assert_close(torch.softmax(r.logits, 1), true, atol=1e-4, rtol=0)
     torch.testing.assert_close(render(r, seq), image, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(render(r, PRESETS["FLAIR"]), render(truth, PRESETS["FLAIR"]), atol=1e-5, rtol=1e-4)
+
+
+def test_resume_with_fewer_steps_keeps_the_checkpoint_step(tmp_path):
+    rng = np.random.default_rng(2)
+    frac = np.stack([_fractions(rng, 40, 40) for _ in range(2)])
+    train_quantitative(TINY, tmp_path, QuantTrainConfig(steps=3, batch=2, crop=32), fractions=frac, progress=False)
+    train_quantitative(TINY, tmp_path, QuantTrainConfig(steps=1, batch=2, crop=32), fractions=frac, progress=False)
+    assert torch.load(tmp_path / "quant_ckpt.pt", weights_only=False)["step"] == 3

@@ -285,7 +285,7 @@ def train_quantitative(cfg: QuantConfig, out_dir, tc: QuantTrainConfig, fraction
             if (step + 1) % tc.ckpt_every == 0:
                 save(step + 1)
                 log.flush()
-        step = tc.steps
+        step = max(start, tc.steps)
     finally:
         save(step)
         log.close()

@@ -173,7 +173,7 @@ def train_autoencoder(cfg: ReparamConfig, pool: np.ndarray, out_dir, tc: TrainCo
             if (step + 1) % tc.ckpt_every == 0:
                 save_ckpt(ckpt, model=ae.state_dict(), opt=opt.state_dict(), step=step + 1)
                 log.flush()
-        step = tc.steps
+        step = max(start, tc.steps)
     finally:
         save_ckpt(ckpt, model=ae.state_dict(), opt=opt.state_dict(), step=step)
         log.close()
@@ -219,7 +219,7 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
             if (step + 1) % tc.ckpt_every == 0:
                 save_ckpt(ckpt, model=model.paramnet.state_dict(), opt=opt.state_dict(), step=step + 1)
                 log.flush()
-        step = tc.steps
+        step = max(start, tc.steps)
     finally:
         save_ckpt(ckpt, model=model.paramnet.state_dict(), opt=opt.state_dict(), step=step)
         log.close()

@@ -94,7 +94,7 @@ def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, t
             if (step + 1) % tc.ckpt_every == 0:
                 save(step + 1)
                 log.flush()
-        step = tc.steps
+        step = max(start, tc.steps)
     finally:
         save(step)
         log.close()
