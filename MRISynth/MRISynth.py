@@ -8,6 +8,7 @@ helpers of ``MRISynthLib.mrml``. Console use::
     out = logic.reparameterize(inputNode, targetTE=0.09, targetTR=3.0, inputTE=0.05, inputTR=4.5)
 """
 import os
+import pathlib
 import time
 
 import qt
@@ -79,6 +80,8 @@ def ensureDependencies(askUser=True):
 
 TASK_REPARAM = "Contrast re-parameterization (TE/TR)"
 TASK_SYNTH = "Physics-informed synthesis (any contrast)"
+TASK_RECON = "Multi-coil reconstruction (k-space)"
+RECON_FROM_FILE = "k-space file (HDF5)"
 
 
 @parameterNodeWrapper
@@ -102,6 +105,11 @@ class MRISynthParameterNode:
     synthFlip: float = 30.0
     saveMaps: bool = False
     liveRender: bool = False
+    reconSource: str = "input volume (simulated)"
+    kspaceFile: pathlib.Path = pathlib.Path()
+    reconMask: str = "vd1d"
+    reconAccel: float = 4.0
+    reconMethod: str = "cs"
 
 
 class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -178,9 +186,10 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onTaskChanged()
 
     def onTaskChanged(self, index=None):
-        synth = self._parameterNode is not None and self._parameterNode.task == TASK_SYNTH
-        self.ui.targetCollapsibleButton.setVisible(not synth)
-        self.ui.synthCollapsibleButton.setVisible(synth)
+        task = self._parameterNode.task if self._parameterNode is not None else TASK_REPARAM
+        self.ui.targetCollapsibleButton.setVisible(task == TASK_REPARAM)
+        self.ui.synthCollapsibleButton.setVisible(task == TASK_SYNTH)
+        self.ui.reconCollapsibleButton.setVisible(task == TASK_RECON)
 
     def _checkCanApply(self, caller=None, event=None):
         p = self._parameterNode
@@ -249,6 +258,12 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 cancel = lambda: self._cancelRequested  # noqa: E731
                 if p.task == TASK_SYNTH:
                     out = self.logic.synthesizeFromParameters(p, cancel=cancel, progress=progress)
+                elif p.task == TASK_RECON:
+                    fromFile = p.reconSource == RECON_FROM_FILE
+                    out = self.logic.reconstruct(None if fromFile else p.inputVolume,
+                                                 str(p.kspaceFile) if fromFile else None, method=p.reconMethod,
+                                                 mask=p.reconMask, accel=p.reconAccel, device=p.device,
+                                                 outputNode=p.outputVolume, cancel=cancel, progress=progress)
                 else:
                     out = self.logic.reparameterize(p.inputVolume, p.targetTE, p.targetTR, p.inputTE, p.inputTR,
                                                     model=p.model, device=p.device, outputNode=p.outputVolume,
@@ -293,10 +308,18 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def validateSettings(p):
         """None when the settings can run, else the reason (shown as the Apply tooltip)."""
-        if p is None or not p.inputVolume:
+        if p is None:
             return "Select an input volume"
         if p.outputVolume and p.outputVolume == p.inputVolume:
             return "The output must not be the input volume"
+        if p.task == TASK_RECON:
+            if p.reconSource == RECON_FROM_FILE:
+                return None if p.kspaceFile.is_file() else "Choose an existing k-space HDF5 file"
+            if not p.inputVolume:
+                return "Select an input volume"
+            return None if p.reconAccel >= 1 else "The acceleration must be at least 1"
+        if not p.inputVolume:
+            return "Select an input volume"
         synth = p.task == TASK_SYNTH
         target = (p.synthTE, p.synthTR) if synth else (p.targetTE, p.targetTR)
         for (te, tr), what in (((p.inputTE, p.inputTR), "input"), (target, "target")):
@@ -322,6 +345,14 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
         from MRISynthLib.mrml import synthesize_node
         return synthesize_node(slicer.mrmlScene, inputNode, target, inputTE, inputTR, device=device,
                                output_node=outputNode, save_maps=saveMaps, cancel=cancel, progress_callback=progress)
+
+    def reconstruct(self, inputNode=None, kspaceFile=None, method="cs", mask="vd1d", accel=4.0, device="auto",
+                    outputNode=None, cancel=None, progress=None):
+        """Multi-coil reconstruction: k-space simulated from ``inputNode`` (mask, acceleration) or read from
+        ``kspaceFile`` (fastMRI / seed-004 HDF5); returns the magnitude volume node."""
+        from MRISynthLib.mrml import reconstruct_node
+        return reconstruct_node(slicer.mrmlScene, inputNode, kspaceFile, method=method, mask=mask, accel=accel,
+                                device=device, output_node=outputNode, cancel=cancel, progress_callback=progress)
 
     def synthesizeFromParameters(self, p, cancel=None, progress=None, withMaps=True):
         out, maps = self.synthesize(p.inputVolume, self.targetFromParameters(p), p.inputTE, p.inputTR,
@@ -373,6 +404,8 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.test_reparameterize_logic()
         self.setUp()
         self.test_synthesize_logic()
+        self.setUp()
+        self.test_reconstruct_logic()
 
     def test_library_imports(self):
         import MRISynthLib
@@ -414,3 +447,15 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.assertEqual(sorted(maps), ["pd", "t1", "t2", "t2star"])
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img)
         self.delayDisplay("physics-informed synthesis logic ok")
+
+    def test_reconstruct_logic(self):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        img = rng.uniform(0, 1, (2, 64, 64)).astype(np.float32)
+        node = slicer.util.addVolumeFromArray(img, name="image")
+        out = MRISynthLogic().reconstruct(node, method="cg-sense", mask="vd1d", accel=2.0)
+        self.assertIsNot(out, node)
+        self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img)
+        self.delayDisplay("reconstruction logic ok")

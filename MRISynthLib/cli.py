@@ -274,30 +274,13 @@ def cmd_undersample(a) -> int:
     return 0
 
 
-def _read_kspace_file(path):
-    import h5py
-
-    from .data.hdf5 import read_fastmri, read_seed004
-
-    with h5py.File(path, "r") as f:
-        keys = set(f.keys())
-        mask2d = f["mask_2d"][()] if "mask_2d" in f else None
-    if "kspace" in keys:
-        d = read_fastmri(path)
-        mask = mask2d if mask2d is not None else d["mask"]
-        return d["kspace"], mask, d["maps"], d["attrs"]
-    if "ksp" in keys:
-        d = read_seed004(path)
-        return d["ksp"] * d["masks"][:, None], d["masks"][0], d["maps"], d["attrs"]
-    raise CLIError(f"{path}: neither a fastMRI-layout ('kspace') nor a seed-004 ('ksp', 'maps', 'masks') file")
-
-
 def cmd_recon(a) -> int:
     """Reconstruct undersampled multi-coil k-space into a magnitude (and phase) volume."""
     from .data.io import Volume, write_volume
+    from .data.hdf5 import read_kspace_file
     from .tasks.recon import reconstruct
 
-    k, mask, maps, attrs = _read_kspace_file(a.input)
+    k, mask, maps, attrs = read_kspace_file(a.input)
     t0 = time.time()
     img = reconstruct(k, mask=mask, maps=None if a.estimate_maps else maps, method=a.method, lamda=a.lamda,
                       iters=a.iters, model=a.model, device=a.device, progress=not a.quiet)

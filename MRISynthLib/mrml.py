@@ -13,6 +13,7 @@ phase, or keep k-space in HDF5).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -195,10 +196,46 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
     return node, maps
 
 
+def reconstruct_node(scene, input_node=None, kspace_file=None, method="cs", mask="vd1d", accel=4.0, coils=8,
+                     snr=40.0, model=None, device="auto", output_node=None, cancel=None, progress_callback=None):
+    """Static multi-coil reconstruction into a magnitude volume node.
+
+    Either ``kspace_file`` (fastMRI or seed-004 HDF5; geometry from its attributes when
+    present) or ``input_node``: k-space is then simulated from the node's voxels
+    (birdcage coils, noise at ``snr``, a ``mask`` at acceleration ``accel``, as the
+    ``undersample`` command does) and the result keeps the node's geometry. Nothing is
+    added to the scene before the reconstruction has finished.
+    """
+    from .data.hdf5 import read_kspace_file
+    from .tasks.recon import reconstruct, undersample_volume
+
+    if output_node is not None and output_node is input_node:
+        raise ValueError("the output volume must not be the input volume")
+    if (input_node is None) == (kspace_file is None):
+        raise ValueError("give either an input volume node or a k-space file")
+    if kspace_file is not None:
+        k, m, maps, attrs = read_kspace_file(kspace_file)
+        geo = {}
+        if "spacing" in attrs:
+            geo = {key: tuple(np.asarray(attrs[key], float).tolist()) for key in ("spacing", "origin", "direction")}
+        like = Volume(np.zeros(k.shape[:1] + k.shape[2:], np.float32), **geo)
+        name = f"{os.path.splitext(os.path.basename(str(kspace_file)))[0]}_{method}"
+    else:
+        like = volume_from_node(input_node)
+        sim = undersample_volume(like.array.astype(np.float32), mask, accel, coils, snr)
+        k, m, maps = sim["kspace"], sim["mask"], sim["maps"]
+        name = f"{input_node.GetName()}_{mask}R{accel:g}_{method}"
+    img = reconstruct(k, mask=m, maps=maps, method=method, model=model, device=device, cancel=cancel,
+                      progress_callback=progress_callback)
+    return write_volume_node(scene, like.with_array(np.abs(img).astype(np.float32)), name,
+                             output_node=output_node, reference_node=input_node)
+
+
 def new_scene():
     """A fresh MRML scene (for the console and tests outside Slicer)."""
     return slicer.vtkMRMLScene()
 
 
 __all__ = ["volume_from_node", "write_volume_node", "scalar_array_for_mrml", "place_in_study", "remove_node",
-           "acquisition_from_node", "new_scene", "node_ijk_to_ras", "reparameterize_node", "synthesize_node"]
+           "acquisition_from_node", "new_scene", "node_ijk_to_ras", "reparameterize_node", "synthesize_node",
+           "reconstruct_node"]

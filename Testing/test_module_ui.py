@@ -68,24 +68,28 @@ def test_panel_loads_offscreen_and_screenshot(tmp_path):
     class qMRMLWidget(QtWidgets.QWidget):
         pass
 
+    class ctkPathLineEdit(QtWidgets.QLineEdit):
+        pass
+
     loader = QtUiTools.QUiLoader()
-    for cls in (ctkCollapsibleButton, ctkSliderWidget, qMRMLNodeComboBox, qMRMLWidget):
+    for cls in (ctkCollapsibleButton, ctkSliderWidget, qMRMLNodeComboBox, qMRMLWidget, ctkPathLineEdit):
         loader.registerCustomWidget(cls)
     f = QtCore.QFile(str(UI))
     assert f.open(QtCore.QFile.ReadOnly)
     w = loader.load(f)
     f.close()
     assert w is not None, loader.errorString()
-    for name in ("inputVolumeSelector", "targetTESlider", "targetTRSlider", "applyButton", "modelComboBox"):
+    for name in ("inputVolumeSelector", "targetTESlider", "targetTRSlider", "applyButton", "modelComboBox",
+                 "synthTISlider", "saveMapsCheckBox", "kspaceFilePathLineEdit", "reconMethodComboBox"):
         assert w.findChild(QtWidgets.QWidget, name) is not None, name
     te = w.findChild(QtWidgets.QWidget, "targetTESlider")
     assert te.maximum() == pytest.approx(1.0) and te.suffix() == " s"
-    w.resize(380, 640)
+    w.resize(400, 1180)
     w.show()
     app.processEvents()
     shot = tmp_path / "panel.png"
     assert w.grab().save(str(shot))
     assert shot.stat().st_size > 2000
     out = os.environ.get("MRISYNTH_SCREENSHOT")
-    if out:  # scripts/screenshot_panel.sh sets this to refresh docs/panel.png
+    if out:  # MRISYNTH_SCREENSHOT=docs/panel.png python -m pytest Testing/test_module_ui.py refreshes it
         w.grab().save(out)

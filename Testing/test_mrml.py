@@ -115,3 +115,30 @@ def test_synthesize_node_output_maps_and_no_partial_node(scene_and_node):
     assert again is out and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n + 5
     with pytest.raises(ValueError, match="must not be the input"):
         mrml.synthesize_node(scene, node, PRESETS["T1w"], 0.05, 4.5, model=net, output_node=node)
+
+
+def test_reconstruct_node_from_volume_and_from_file(scene_and_node, tmp_path):
+    from MRISynthLib.cli import main
+    from MRISynthLib.metrics import nrmse
+
+    scene, node, vol = scene_and_node
+    before = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    n = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    with pytest.raises(Cancelled):
+        mrml.reconstruct_node(scene, node, method="cg-sense", accel=1.5, cancel=lambda: True)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n
+    zf = mrml.reconstruct_node(scene, node, method="zero-filled", accel=1.5, snr=0)
+    cg = mrml.reconstruct_node(scene, node, method="cg-sense", accel=1.5, snr=0)
+    assert cg.GetName() == "T2w_vd1dR1.5_cg-sense"
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(cg), mrml.node_ijk_to_ras(node))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    assert nrmse(slicer.util.arrayFromVolume(cg), before) < nrmse(slicer.util.arrayFromVolume(zf), before)
+    # from a k-space file written by the undersample command: its stored geometry comes back
+    src = io.write_volume(vol, tmp_path / "v.nrrd")
+    h5 = tmp_path / "k.h5"
+    assert main(["undersample", "-i", str(src), "-o", str(h5), "--accel", "2", "--center", "6", "--coils", "4"]) == 0
+    out = mrml.reconstruct_node(scene, kspace_file=h5, method="zero-filled")
+    assert out.GetName() == "k_zero-filled"
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(out), mrml.node_ijk_to_ras(node), atol=1e-6)
+    with pytest.raises(ValueError, match="either"):
+        mrml.reconstruct_node(scene, node, kspace_file=h5)

@@ -133,3 +133,23 @@ def read_seed004(path) -> Dict[str, np.ndarray]:
         out["attrs"] = dict(f.attrs)
     _check_seed004(out["imgs"], out["maps"], out["masks"], out["ksp"], str(path))
     return out
+
+
+def read_kspace_file(path):
+    """A fastMRI- or seed-004-layout file -> (kspace [S, C, kx, ky], mask, maps or None, attrs).
+
+    fastMRI files may carry a 2D ``mask_2d`` (Poisson-disc masks) beside the 1D ``mask``.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        keys = set(f.keys())
+        mask2d = f["mask_2d"][()] if "mask_2d" in f else None
+    if "kspace" in keys:
+        d = read_fastmri(path)
+        mask = mask2d if mask2d is not None else d["mask"]
+        return d["kspace"], mask, d["maps"], d["attrs"]
+    if "ksp" in keys:
+        d = read_seed004(path)
+        return d["ksp"] * d["masks"][:, None], d["masks"][0], d["maps"], d["attrs"]
+    raise ValueError(f"{path}: neither a fastMRI-layout ('kspace') nor a seed-004 ('ksp', 'maps', 'masks') file")
