@@ -222,3 +222,35 @@ def test_resume_with_fewer_steps_keeps_the_checkpoint_step(tmp_path):
     train_quantitative(TINY, tmp_path, QuantTrainConfig(steps=3, batch=2, crop=32), fractions=frac, progress=False)
     train_quantitative(TINY, tmp_path, QuantTrainConfig(steps=1, batch=2, crop=32), fractions=frac, progress=False)
     assert torch.load(tmp_path / "quant_ckpt.pt", weights_only=False)["step"] == 3
+
+
+def test_cli_synth_with_the_shipped_model_writes_image_and_maps(tmp_path):
+    from MRISynthLib.cli import main
+    from MRISynthLib.data import io
+
+    rng = np.random.default_rng(4)
+    ph = Phantom(np.stack([_fractions(rng, 40, 48) for _ in range(3)], 1), table=get_table("mrilab"))
+    img = ph.render(SequenceParams("se", 0.05, 4.5))
+    vol = io.Volume(img.astype(np.float32), spacing=(0.9, 0.8, 3.0), origin=(5.0, -2.0, 1.0))
+    src = io.write_volume(vol, tmp_path / "pd.nrrd")
+    before = src.read_bytes()
+    out = tmp_path / "flair.nrrd"
+    assert main(["synth", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--preset", "FLAIR",
+                 "-o", str(out), "--save-maps", "--quiet"]) == 0
+    r = io.read_volume(out)
+    assert r.array.shape == img.shape and r.spacing == vol.spacing and r.origin == vol.origin
+    assert np.isfinite(r.array).all() and r.array.max() > 0
+    for name in ("pd", "t1", "t2", "t2star"):
+        m = io.read_volume(tmp_path / f"flair_{name}.nrrd")
+        assert m.array.shape == img.shape and m.spacing == vol.spacing and (m.array >= 0).all()
+    t1 = io.read_volume(tmp_path / "flair_t1.nrrd").array
+    assert T1_RANGE[0] * 0.99 <= t1[t1 > 0].min() and t1.max() <= T1_RANGE[1] * 1.01
+    assert src.read_bytes() == before
+    # a 2D PNG in, a PNG out; bad parameters fail cleanly
+    png = io.write_volume(io.Volume(np.round(img[1] / img[1].max() * 255).astype(np.uint8)), tmp_path / "in.png")
+    assert main(["synth", "-i", str(png), "--input-te", "0.05", "--input-tr", "4.5", "--sequence", "se",
+                 "--te", "0.1", "--tr", "3", "-o", str(tmp_path / "t2.png"), "--quiet"]) == 0
+    assert io.read_volume(tmp_path / "t2.png").array.shape == img[1].shape
+    assert main(["synth", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--sequence", "se",
+                 "--te", "3", "--tr", "2", "-o", str(tmp_path / "bad.nrrd")]) == 2
+    assert not (tmp_path / "bad.nrrd").exists()

@@ -157,7 +157,7 @@ def main():
     # map accuracy on the BrainWeb test slices (MRiLab table, default input)
     zs = held_out_z(bw)
     frac = resize_slices(np.ascontiguousarray(bw.fractions[:, zs].transpose(1, 0, 2, 3)), 256)
-    lut = get_table("mrilab").lookup(frac.shape[0])
+    lut = get_table("mrilab").lookup(frac.shape[1])
     errs = {t: {k: [] for k in ("pd", "t1", "t2")} for t in ("grey matter", "white matter", "CSF")}
     for f in frac:
         x, _ = normalize_8bit(render_truth(f, "mrilab", DEFAULT))
@@ -214,10 +214,10 @@ def main():
     r_row = [to_u8(est.render(PRESETS[n])) for n in names]
     t_row = [normalize_8bit(render_truth(f, "mrilab_full", PRESETS[n]))[0].astype(np.float64) for n in names]
     e_row = [np.abs(r - t) for r, t in zip(r_row, t_row)]
-    grid = [[x, None, None]] + [[r, t, e] for r, t, e in zip(r_row, t_row, e_row)]
-    montage(grid, a.figure, row_titles=["input\nSE 50/4500 ms"] + [f"{n}\n{PRESETS[n].describe()}" for n in names],
+    grid = [[r, t, e] for r, t, e in zip(r_row, t_row, e_row)] + [[x, None, None]]
+    montage(grid, a.figure, row_titles=[f"{n}\n{PRESETS[n].describe()}" for n in names] + ["input\nSE 50/4500 ms"],
             col_titles=["synthesized", "simulator truth", "|difference|"], cmaps=["gray", "gray", "magma"],
-            robust=False, panel_titles={(0, 0): "input (held-out slice)"},
+            robust=False, panel_titles={(len(names), 0): "the input (held-out slice)"},
             title="Physics-informed synthesis from one spin-echo input\n(BrainWeb test slice, MRiLab+fat table)")
     print(f"\nmontage: {a.figure}")
 
