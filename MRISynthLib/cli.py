@@ -201,6 +201,7 @@ def cmd_synth(a) -> int:
 
     if len(a.input) > 2:
         raise CLIError("give at most two --input images")
+    target = _sequence_from_args(a)  # validated before any work
     vols, seqs = [], []
     for j, path in enumerate(a.input):
         vol = read_volume(path)
@@ -217,7 +218,6 @@ def cmd_synth(a) -> int:
         vols.append(vol)
     if any(v.array.shape != vols[0].array.shape for v in vols):
         raise CLIError("all inputs must have the same shape (co-registered)")
-    target = _sequence_from_args(a)
     t0 = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -30,8 +30,9 @@ METHODS = ("zero-filled", "cg-sense", "cs", "unrolled")
 _MODEL_CACHE: Dict[Tuple[str, str], object] = {}
 
 
-def load_unrolled(model: Optional[str] = None, device=None):
-    """A catalog unrolled network (default: the first ``recon`` model), cached per device."""
+def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[float] = None):
+    """A catalog unrolled network, cached per device. Without ``model``: the shipped one
+    trained at the acceleration closest to ``accel`` (the first one when not given)."""
     from ..catalog import get_card, list_models, load_state_dict
     from ..device import resolve_device
     from ..models.unrolled import UnrolledConfig, UnrolledNet
@@ -40,6 +41,8 @@ def load_unrolled(model: Optional[str] = None, device=None):
         cands = sorted(list_models("recon"), key=lambda c: c.id)
         if not cands:
             raise FileNotFoundError("no shipped unrolled reconstruction model in the catalog")
+        if accel:
+            cands.sort(key=lambda c: abs(np.log(float(c.training.get("acceleration", 4.0)) / accel)))
         model = cands[0].id
     card = get_card(model)
     dev = resolve_device(device)
@@ -113,7 +116,8 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
     if method == "unrolled":
         from ..models.unrolled import UnrolledNet
 
-        net = model if isinstance(model, UnrolledNet) else load_unrolled(model, device)[0]
+        accel = mask.size / max(float(mask.sum()), 1.0)
+        net = model if isinstance(model, UnrolledNet) else load_unrolled(model, device, accel)[0]
         dev = next(net.parameters()).device
     scale = np.percentile(np.abs(C.zero_filled(k[s // 2], None, mask)), 99) or 1.0
     for i in tqdm(range(s), desc=method, unit="slice", disable=not progress):
