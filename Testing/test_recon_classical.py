@@ -131,3 +131,10 @@ def test_cli_undersample_then_recon_keeps_geometry_and_improves_on_zero_filled(t
     with h5py.File(bad, "w") as f:
         f["x"] = np.zeros(3)
     assert main(["recon", "-i", str(bad), "-o", str(tmp_path / "x.nrrd")]) == 2
+
+
+def test_unrolled_model_choice_follows_the_acceleration():
+    from MRISynthLib.tasks.recon import load_unrolled
+
+    assert load_unrolled(None, "cpu", accel=4.2)[1].training["acceleration"] == 4
+    assert load_unrolled(None, "cpu", accel=7.5)[1].training["acceleration"] == 8
