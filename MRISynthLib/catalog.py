@@ -106,6 +106,23 @@ def save_weights(state_dict, path, fp16: bool = True) -> str:
     return sha256sum(path)
 
 
+_NETWORKS: Dict[tuple, object] = {}
+
+
+def load_network(card: ModelCard, build, device=None):
+    """``build(card.architecture)`` with the card's verified weights, in eval mode on
+    ``device``; cached per model (id and SHA256) and device."""
+    from .device import resolve_device
+
+    dev = resolve_device(device)
+    key = (card.id + "@" + card.sha256, str(dev))
+    if key not in _NETWORKS:
+        net = build(card.architecture)
+        net.load_state_dict(load_state_dict(card))
+        _NETWORKS[key] = net.eval().to(dev)
+    return _NETWORKS[key]
+
+
 def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = True, **fields) -> ModelCard:
     """Write the weights beside the catalog and add (or replace) the model's card.
 
@@ -123,5 +140,5 @@ def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = 
     return cards[model_id]
 
 
-__all__ = ["ModelCard", "ship", "ChecksumError", "load_catalog", "save_catalog", "get_card", "list_models",
+__all__ = ["ModelCard", "ship", "load_network", "ChecksumError", "load_catalog", "save_catalog", "get_card", "list_models",
            "weights_path", "load_state_dict", "save_weights", "MODELS_DIR"]

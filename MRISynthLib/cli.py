@@ -195,7 +195,7 @@ def cmd_synth(a) -> int:
     import warnings
     from pathlib import Path
 
-    from .data.io import read_volume, write_volume
+    from .data.io import IMAGE_2D_SUFFIXES, file_suffix, read_volume, to_uint8, write_volume
     from .physics.signal import SequenceParams
     from .tasks.synth import estimate_maps, maps_volumes
 
@@ -227,21 +227,16 @@ def cmd_synth(a) -> int:
     t2 = time.time()
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    if str(a.output).lower().endswith((".png", ".jpg", ".jpeg")):
-        mx = float(out.max()) or 1.0
-        out = out / mx * 255.0  # display-normalised 8-bit
+    out_suffix = file_suffix(Path(a.output))
+    if out_suffix in IMAGE_2D_SUFFIXES:
+        out = to_uint8(out, lo=0.0)  # display-normalised 8-bit
     _write_like_input(vols[0], out, a.output, a.input[0])
     msg = (f"wrote {a.output}: {target.describe()} from {len(vols)} input(s) ({out.shape}; maps "
            f"{t1 - t0:.2f} s, render {(t2 - t1) * 1e3:.0f} ms)")
     if a.save_maps:
         out_p = Path(a.output)
-        stem = out_p.name
-        for suf in (".nii.gz", ".seq.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".png", ".jpg", ".jpeg"):
-            if stem.lower().endswith(suf):
-                stem = stem[: -len(suf)]
-                break
-        ext = ".nrrd" if vols[0].array.ndim == 3 or out_p.suffix.lower() in (".png", ".jpg", ".jpeg") else \
-            out_p.name[len(stem):]
+        stem = out_p.name[: len(out_p.name) - len(out_suffix)]
+        ext = ".nrrd" if vols[0].array.ndim == 3 or out_suffix in IMAGE_2D_SUFFIXES else out_suffix
         written = []
         for name, v in maps_volumes(est, vols[0]).items():
             path = out_p.with_name(f"{stem}_{name}{ext}")

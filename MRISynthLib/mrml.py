@@ -129,6 +129,19 @@ def acquisition_from_node(node) -> dict:
         return {}
 
 
+def _input_times(input_node, output_node, input_te, input_tr):
+    """The input's TE/TR (given, else from the DICOM header); refuses an output node that
+    is the input."""
+    if output_node is not None and output_node is input_node:
+        raise ValueError("the output volume must not be the input volume")
+    acq = acquisition_from_node(input_node)
+    input_te = acq.get("te") if input_te is None else input_te
+    input_tr = acq.get("tr") if input_tr is None else input_tr
+    if input_te is None or input_tr is None:
+        raise ValueError("the input TE and TR are needed (they are not in the volume's DICOM header)")
+    return input_te, input_tr
+
+
 def reparameterize_node(scene, input_node, target_te: float, target_tr: float, input_te: Optional[float] = None,
                         input_tr: Optional[float] = None, model="d2p", device="auto", output_node=None,
                         cancel=None, progress_callback=None):
@@ -140,18 +153,17 @@ def reparameterize_node(scene, input_node, target_te: float, target_tr: float, i
     """
     from .tasks.reparam import reparameterize
 
-    if output_node is not None and output_node is input_node:
-        raise ValueError("the output volume must not be the input volume")
+    input_te, input_tr = _input_times(input_node, output_node, input_te, input_tr)
     vol = volume_from_node(input_node)
-    acq = acquisition_from_node(input_node)
-    input_te = acq.get("te") if input_te is None else input_te
-    input_tr = acq.get("tr") if input_tr is None else input_tr
-    if input_te is None or input_tr is None:
-        raise ValueError("the input TE and TR are needed (they are not in the volume's DICOM header)")
     out = reparameterize(vol, input_te, input_tr, target_te, target_tr, model=model, device=device,
                          cancel=cancel, progress_callback=progress_callback)
     name = f"{input_node.GetName()}_TE{target_te * 1e3:.0f}_TR{target_tr * 1e3:.0f}"
     return write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
+
+
+# the last synthesis input: (node id, node and image MTimes, TE, TR, model, device) -> (Volume, estimate),
+# so that a slider move neither copies the input out of the node nor hashes it again
+_LAST_SYNTH: dict = {}
 
 
 def synthesize_node(scene, input_node, target, input_te: Optional[float] = None, input_tr: Optional[float] = None,
@@ -168,18 +180,20 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
     from .physics.signal import SequenceParams
     from .tasks.synth import estimate_maps
 
-    if output_node is not None and output_node is input_node:
-        raise ValueError("the output volume must not be the input volume")
     if not isinstance(target, SequenceParams):
         raise TypeError("target must be a SequenceParams")
-    vol = volume_from_node(input_node)
-    acq = acquisition_from_node(input_node)
-    input_te = acq.get("te") if input_te is None else input_te
-    input_tr = acq.get("tr") if input_tr is None else input_tr
-    if input_te is None or input_tr is None:
-        raise ValueError("the input TE and TR are needed (they are not in the volume's DICOM header)")
-    est = estimate_maps(vol, SequenceParams("se", input_te, input_tr), model=model, device=device, cancel=cancel,
-                        progress_callback=progress_callback)
+    input_te, input_tr = _input_times(input_node, output_node, input_te, input_tr)
+    image = input_node.GetImageData()
+    key = (input_node.GetID(), input_node.GetMTime(), image.GetMTime() if image is not None else None, input_te,
+           input_tr, model if model is None or isinstance(model, str) else id(model), str(device))
+    if key in _LAST_SYNTH:
+        vol, est = _LAST_SYNTH[key]
+    else:
+        vol = volume_from_node(input_node)
+        est = estimate_maps(vol, SequenceParams("se", input_te, input_tr), model=model, device=device,
+                            cancel=cancel, progress_callback=progress_callback)
+        _LAST_SYNTH.clear()
+        _LAST_SYNTH[key] = (vol, est)
     out = vol.with_array(est.render(target))
     tag = {"se": "SE", "ir": "IR", "gre": "GRE"}[target.sequence]
     name = f"{input_node.GetName()}_{tag}_TE{target.te * 1e3:.0f}_TR{target.tr * 1e3:.0f}"

@@ -64,6 +64,24 @@ def stats(preds, gts):
             "mae_mean": round(float(m.mean()), 2), "mae_std": round(float(m.std()), 2), "n": len(p)}
 
 
+def load_test_data(path) -> PaperData:
+    """The paper-protocol file (generated with the default seed when missing)."""
+    if not Path(path).exists():
+        make_paper_dataset(path, ProtocolConfig(seed=0))
+    return PaperData(path)
+
+
+def test_split(d: PaperData, seed: int = 0):
+    """Every held-out (pair, slice) as flat index arrays, the 8-bit truths, and the P2P
+    inputs' pairs: each test pair takes another held-out pair's image of the same slice."""
+    rng = np.random.default_rng(seed)
+    P, S = d.test_pairs, d.test_slices
+    bb, ss = np.meshgrid(P, S, indexing="ij")
+    bb, ss = bb.ravel(), ss.ravel()
+    partner = {b: rng.choice(P[P != b]) for b in P}
+    return bb, ss, d.targets[bb, ss].astype(np.float64), np.array([partner[b] for b in bb])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="runs/paper.h5")
@@ -73,20 +91,12 @@ def main():
     ap.add_argument("--volume-slices", type=int, default=180)
     a = ap.parse_args()
     torch.manual_seed(0)
-    if not Path(a.data).exists():
-        make_paper_dataset(a.data, ProtocolConfig(seed=0))
-    d = PaperData(a.data)
+    d = load_test_data(a.data)
     import h5py
     with h5py.File(a.data, "r") as f:
         cfg = json.loads(f.attrs["config"])
-    rng = np.random.default_rng(a.seed)
     P, S = d.test_pairs, d.test_slices
-    bb, ss = np.meshgrid(P, S, indexing="ij")
-    bb, ss = bb.ravel(), ss.ravel()
-    gts = d.targets[bb, ss].astype(np.float64)
-    # P2P inputs: each test pair takes another held-out pair's image of the same slice
-    partner = {b: rng.choice(P[P != b]) for b in P}
-    aa = np.array([partner[b] for b in bb])
+    bb, ss, gts, aa = test_split(d, a.seed)
 
     rows = {}
     rows["identity (D2P input)"] = stats(np.stack([d.default_image(b, s) for b, s in zip(bb, ss)]), gts)

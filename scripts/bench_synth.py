@@ -30,17 +30,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_reparam import PAPER, predict, stats  # noqa: E402
+from bench_reparam import PAPER, load_test_data, predict, stats, test_split  # noqa: E402
 from MRISynthLib import catalog  # noqa: E402
-from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset, normalize_8bit, resize_slices  # noqa: E402
+from MRISynthLib.data.simulate import normalize_8bit  # noqa: E402
 from MRISynthLib.models.quantitative import effective_maps  # noqa: E402
-from MRISynthLib.physics.phantoms import brainweb_phantom, mni152_phantom  # noqa: E402
+from MRISynthLib.physics.phantoms import Phantom, brainweb_phantom, mni152_phantom  # noqa: E402
 from MRISynthLib.physics.signal import PRESETS, SequenceParams  # noqa: E402
 from MRISynthLib.physics.tissues import get_table  # noqa: E402
 from MRISynthLib.tasks import reparam as reparam_task  # noqa: E402
 from MRISynthLib.tasks.synth import MapEstimate, estimate_maps, load_model  # noqa: E402
-from MRISynthLib.training.quantitative import held_out_z  # noqa: E402
-from MRISynthLib.training.reparam import PaperData  # noqa: E402
+from MRISynthLib.training.quantitative import held_out_z, slice_fractions  # noqa: E402
 
 DEFAULT = SequenceParams("se", 0.05, 4.5)
 TARGET_D2P = 36.0
@@ -52,15 +51,13 @@ def to_u8(img):
 
 
 def render_truth(frac, table, seq):
-    lut = get_table(table).lookup(frac.shape[0])
-    s = np.asarray(seq.signal(lut["pd"], lut["t1"], lut["t2"], lut["t2star"], validate=False), np.float32)
-    s = np.where(lut["pd"] > 0, s, 0.0).astype(np.float32)
-    return np.tensordot(s, frac, axes=1)
+    """The simulator's image of one slice's fractions (labels, H, W)."""
+    return Phantom(frac[:, None], table=get_table(table)).render(seq)[0]
 
 
 def generalisation(ph, zs, table, te, tr, size=256):
     """Default input -> each test pair on the given slices; returns (preds, truths) 8-bit."""
-    frac = resize_slices(np.ascontiguousarray(ph.fractions[:, zs].transpose(1, 0, 2, 3)), size)
+    frac = slice_fractions(ph, zs, size)
     preds, gts = [], []
     for f in frac:
         x, _ = normalize_8bit(render_truth(f, table, DEFAULT))
@@ -82,17 +79,10 @@ def main():
     ap.add_argument("--volume-slices", type=int, default=180)
     a = ap.parse_args()
     torch.manual_seed(0)
-    if not Path(a.data).exists():
-        make_paper_dataset(a.data, ProtocolConfig(seed=0))
-    d = PaperData(a.data)
+    d = load_test_data(a.data)
     net, card = load_model(a.model, "cpu")
-    rng = np.random.default_rng(a.seed)
     P, S = d.test_pairs, d.test_slices
-    bb, ss = np.meshgrid(P, S, indexing="ij")
-    bb, ss = bb.ravel(), ss.ravel()
-    gts = d.targets[bb, ss].astype(np.float64)
-    partner = {b: rng.choice(P[P != b]) for b in P}   # the same partners as bench_reparam.py
-    aa = np.array([partner[b] for b in bb])
+    bb, ss, gts, aa = test_split(d, a.seed)   # the same test set and partners as bench_reparam.py
 
     rows, preds = {}, {}
     for mode in ("d2p", "p2p"):
@@ -156,7 +146,7 @@ def main():
 
     # map accuracy on the BrainWeb test slices (MRiLab table, default input)
     zs = held_out_z(bw)
-    frac = resize_slices(np.ascontiguousarray(bw.fractions[:, zs].transpose(1, 0, 2, 3)), 256)
+    frac = slice_fractions(bw, zs, 256)
     lut = get_table("mrilab").lookup(frac.shape[1])
     errs = {t: {k: [] for k in ("pd", "t1", "t2")} for t in ("grey matter", "white matter", "CSF")}
     for f in frac:

@@ -114,7 +114,8 @@ def geometry_from_ijk_to_ras(m: np.ndarray):
     return tuple(spacing.tolist()), tuple(origin.tolist()), tuple(direction.ravel().tolist())
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """The lower-case file type suffix, ``.nii.gz`` counted as one."""
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
@@ -172,7 +173,7 @@ def read_volume(path) -> Volume:
     except RuntimeError as e:
         raise ValueError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
     if img.GetNumberOfComponentsPerPixel() > 1:
-        if _suffix(path) in IMAGE_2D_SUFFIXES:
+        if file_suffix(path) in IMAGE_2D_SUFFIXES:
             arr = sitk.GetArrayFromImage(img).astype(np.float32)
             grey = arr[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
             out = sitk.GetImageFromArray(grey.astype(np.float32))
@@ -182,10 +183,10 @@ def read_volume(path) -> Volume:
             raise ValueError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
                              "a scalar volume is expected")
     acq = {}
-    if _suffix(path) == ".dcm":
+    if file_suffix(path) == ".dcm":
         acq = acquisition_from_tags(lambda t: img.GetMetaData(t) if img.HasMetaDataKey(t) else None)
     vol = Volume.from_sitk(img, acquisition=acq)
-    if vol.array.ndim == 3 and vol.array.shape[0] == 1 and _suffix(path) in IMAGE_2D_SUFFIXES:
+    if vol.array.ndim == 3 and vol.array.shape[0] == 1 and file_suffix(path) in IMAGE_2D_SUFFIXES:
         vol = Volume(vol.array[0], vol.spacing[:2], vol.origin[:2], (1.0, 0.0, 0.0, 1.0), vol.metadata)
     return vol
 
@@ -207,7 +208,7 @@ def write_volume(vol: Volume, path, protect=None, compress: bool = True) -> Path
     for p in ([protect] if isinstance(protect, (str, Path)) else (protect or [])):
         if _same_file(path, Path(p)) or path.resolve() == Path(p).resolve():
             raise ValueError(f"refusing to overwrite the input file {p}")
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix not in IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES:
         raise ValueError(f"unsupported output format {suffix!r}; use one of {IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES}")
     if np.issubdtype(vol.array.dtype, np.floating) and not np.all(np.isfinite(vol.array)):

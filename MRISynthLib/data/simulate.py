@@ -100,6 +100,11 @@ def brain_slices(phantom: Phantom, n: int, coverage: float = 0.8) -> np.ndarray:
     return np.unique(np.round(np.linspace(lo + margin, hi - margin, n)).astype(int))
 
 
+def is_test_slice(n_slices: int, cfg: "ProtocolConfig") -> np.ndarray:
+    """The paper-protocol split of ``n_slices`` slices: every ``test_slice_every``-th is held out."""
+    return (np.arange(n_slices) % cfg.test_slice_every) == (cfg.test_slice_every // 2)
+
+
 def resize_slices(imgs: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of (..., h, w) images to (size, size) (the paper's rescale)."""
     import torch
@@ -146,7 +151,7 @@ def make_paper_dataset(path, cfg: ProtocolConfig = None, progress: bool = True, 
     n_test_pairs = int(round(cfg.test_pair_fraction * cfg.n_pairs))
     pair_is_test = np.zeros(cfg.n_pairs, bool)
     pair_is_test[rng.permutation(cfg.n_pairs)[:n_test_pairs]] = True
-    slice_is_test = (np.arange(len(zs)) % cfg.test_slice_every) == (cfg.test_slice_every // 2)
+    slice_is_test = is_test_slice(len(zs), cfg)
     default_seq = SequenceParams("se", cfg.default_te, cfg.default_tr, exact=cfg.exact)
 
     def degrade(img, r):

@@ -14,7 +14,7 @@ region when not given; the mask is taken from the non-zero k-space samples when 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -27,14 +27,12 @@ from ..recon import classical as C
 from . import Cancelled
 
 METHODS = ("zero-filled", "cg-sense", "cs", "unrolled")
-_MODEL_CACHE: Dict[Tuple[str, str], object] = {}
 
 
 def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[float] = None):
     """A catalog unrolled network, cached per device. Without ``model``: the shipped one
     trained at the acceleration closest to ``accel`` (the first one when not given)."""
-    from ..catalog import get_card, list_models, load_state_dict
-    from ..device import resolve_device
+    from ..catalog import get_card, list_models, load_network
     from ..models.unrolled import UnrolledConfig, UnrolledNet
 
     if model is None:
@@ -45,13 +43,7 @@ def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[floa
             cands.sort(key=lambda c: abs(np.log(float(c.training.get("acceleration", 4.0)) / accel)))
         model = cands[0].id
     card = get_card(model)
-    dev = resolve_device(device)
-    key = (card.id + "@" + card.sha256, str(dev))
-    if key not in _MODEL_CACHE:
-        net = UnrolledNet(UnrolledConfig(**card.architecture))
-        net.load_state_dict(load_state_dict(card))
-        _MODEL_CACHE[key] = net.eval().to(dev)
-    return _MODEL_CACHE[key], card
+    return load_network(card, lambda arch: UnrolledNet(UnrolledConfig(**arch)), device), card
 
 
 def undersample_volume(images: np.ndarray, mask_kind: str = "vd1d", accel: float = 4.0, n_coils: int = 8,

@@ -10,26 +10,25 @@ intensities across contrasts are not modelled).
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..catalog import ModelCard, get_card, list_models, load_state_dict
+from ..catalog import ModelCard, get_card, list_models, load_network
 from ..data.io import Volume
 from ..device import resolve_device
 from ..models.paramnet import ReparamConfig, ReparamModel, encode_params
 from ..physics.signal import validate_times
-from . import Cancelled
+from . import Cancelled, check_image_array
 
 DEFAULT_TE, DEFAULT_TR = 0.05, 4.5
 TRAINED_TE = (0.02, 1.0)
 TRAINED_TR = (1.2, 10.0)
 NET_SIZE = 256
 
-_MODEL_CACHE: Dict[Tuple[str, str], ReparamModel] = {}
 
 
 def resolve_model_id(model: str) -> str:
@@ -44,25 +43,8 @@ def resolve_model_id(model: str) -> str:
 
 def load_model(model: str = "d2p", device=None) -> Tuple[ReparamModel, ModelCard]:
     """Load (and cache per model and device) a catalog model; verifies the SHA256."""
-    dev = resolve_device(device)
     card = get_card(resolve_model_id(model))
-    key = (card.id + "@" + card.sha256, str(dev))
-    if key not in _MODEL_CACHE:
-        net = ReparamModel(ReparamConfig(**card.architecture))
-        net.load_state_dict(load_state_dict(card))
-        _MODEL_CACHE[key] = net.eval().to(dev)
-    return _MODEL_CACHE[key], card
-
-
-def _check_inputs(arr: np.ndarray):
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"expected a 2D image or a 3D volume, got shape {arr.shape}")
-    if np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"expected a real-valued image, got dtype {arr.dtype}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("the input contains NaN or inf")
-    if arr.min() < 0:
-        warnings.warn("the input has negative values; MR magnitudes are >= 0 (negatives are clipped)")
+    return load_network(card, lambda arch: ReparamModel(ReparamConfig(**arch)), device), card
 
 
 def _warn_ranges(mode, input_te, input_tr, target_te, target_tr):
@@ -94,7 +76,7 @@ def reparameterize(volume: Union[np.ndarray, Volume], input_te: float, input_tr:
     validate_times(input_te, input_tr)
     validate_times(target_te, target_tr)
     arr = volume.array if isinstance(volume, Volume) else np.asarray(volume)
-    _check_inputs(arr)
+    check_image_array(arr)
     if isinstance(model, ReparamModel):
         net, mode = model.eval(), model.cfg.mode
         dev = resolve_device(device)

@@ -29,16 +29,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..catalog import ModelCard, get_card, list_models, load_state_dict
+from ..catalog import ModelCard, get_card, list_models, load_network
 from ..data.io import Volume
 from ..device import resolve_device
 from ..models.quantitative import QuantConfig, QuantNet, effective_maps, refine_fractions, stack_inputs
 from ..physics.signal import SequenceParams
-from . import Cancelled
-from .reparam import _check_inputs
+from . import Cancelled, check_image_array
 
 NET_SIZE = 256
-_MODEL_CACHE: Dict[Tuple[str, str], QuantNet] = {}
 _ESTIMATE_CACHE: "OrderedDict[str, MapEstimate]" = OrderedDict()
 ESTIMATE_CACHE_SIZE = 2
 
@@ -52,14 +50,8 @@ def default_model_id() -> str:
 
 def load_model(model: Optional[str] = None, device=None) -> Tuple[QuantNet, ModelCard]:
     """Load (and cache per model and device) a catalog model; verifies the SHA256."""
-    dev = resolve_device(device)
     card = get_card(model or default_model_id())
-    key = (card.id + "@" + card.sha256, str(dev))
-    if key not in _MODEL_CACHE:
-        net = QuantNet(QuantConfig(**card.architecture))
-        net.load_state_dict(load_state_dict(card))
-        _MODEL_CACHE[key] = net.eval().to(dev)
-    return _MODEL_CACHE[key], card
+    return load_network(card, lambda arch: QuantNet(QuantConfig(**arch)), device), card
 
 
 @dataclass
@@ -129,7 +121,7 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     if len(arrs) != len(seqs):
         raise ValueError(f"{len(arrs)} input image(s) but {len(seqs)} acquisition(s)")
     for a in arrs:
-        _check_inputs(a)
+        check_image_array(a)
     if isinstance(model, QuantNet):
         net, card_key = model.eval(), f"object-{id(model)}"
         net = net.to(resolve_device(device))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.simulate import ProtocolConfig, brain_slices, resize_slices
+from ..data.simulate import ProtocolConfig, brain_slices, is_test_slice, resize_slices
 from ..models.quantitative import QuantConfig, QuantMaps, QuantNet, encode_acquisition, render
 from ..physics.phantoms import Phantom, add_noise, bias_field, brainweb_phantom, mni152_phantom
 from ..physics.signal import SequenceParams
@@ -79,7 +79,7 @@ def load_anatomy(name: str, voxel_mm: float = 2.0) -> Phantom:
 def held_out_z(ph: Phantom, cfg: ProtocolConfig = ProtocolConfig()) -> np.ndarray:
     """The paper-protocol test slices of a phantom (every 5th of 24, as in ``make-dataset``)."""
     zs = brain_slices(ph, cfg.n_slices)
-    return zs[(np.arange(len(zs)) % cfg.test_slice_every) == (cfg.test_slice_every // 2)]
+    return zs[is_test_slice(len(zs), cfg)]
 
 
 def train_z(ph: Phantom, margin: int = 1) -> np.ndarray:
