@@ -81,6 +81,7 @@ def ensureDependencies(askUser=True):
 TASK_REPARAM = "Contrast re-parameterization (TE/TR)"
 TASK_SYNTH = "Physics-informed synthesis (any contrast)"
 TASK_RECON = "Multi-coil reconstruction (k-space)"
+TASK_TRANSLATE = "T1w / T2w translation (CycleGAN)"
 RECON_FROM_FILE = "k-space file (HDF5)"
 
 
@@ -110,6 +111,7 @@ class MRISynthParameterNode:
     reconMask: str = "vd1d"
     reconAccel: float = 4.0
     reconMethod: str = "cs"
+    translateDirection: str = "t1_to_t2"
 
 
 class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -190,6 +192,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetCollapsibleButton.setVisible(task == TASK_REPARAM)
         self.ui.synthCollapsibleButton.setVisible(task == TASK_SYNTH)
         self.ui.reconCollapsibleButton.setVisible(task == TASK_RECON)
+        self.ui.translateCollapsibleButton.setVisible(task == TASK_TRANSLATE)
 
     def _checkCanApply(self, caller=None, event=None):
         p = self._parameterNode
@@ -258,6 +261,9 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 cancel = lambda: self._cancelRequested  # noqa: E731
                 if p.task == TASK_SYNTH:
                     out = self.logic.synthesizeFromParameters(p, cancel=cancel, progress=progress)
+                elif p.task == TASK_TRANSLATE:
+                    out = self.logic.translate(p.inputVolume, p.translateDirection, device=p.device,
+                                               outputNode=p.outputVolume, cancel=cancel, progress=progress)
                 elif p.task == TASK_RECON:
                     fromFile = p.reconSource == RECON_FROM_FILE
                     out = self.logic.reconstruct(None if fromFile else p.inputVolume,
@@ -320,6 +326,8 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
             return None if p.reconAccel >= 1 else "The acceleration must be at least 1"
         if not p.inputVolume:
             return "Select an input volume"
+        if p.task == TASK_TRANSLATE:
+            return None
         synth = p.task == TASK_SYNTH
         target = (p.synthTE, p.synthTR) if synth else (p.targetTE, p.targetTR)
         for (te, tr), what in (((p.inputTE, p.inputTR), "input"), (target, "target")):
@@ -353,6 +361,14 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
         from MRISynthLib.mrml import reconstruct_node
         return reconstruct_node(slicer.mrmlScene, inputNode, kspaceFile, method=method, mask=mask, accel=accel,
                                 device=device, output_node=outputNode, cancel=cancel, progress_callback=progress)
+
+    def translate(self, inputNode, direction="t1_to_t2", device="auto", outputNode=None, cancel=None,
+                  progress=None):
+        """T1w -> T2w (``t1_to_t2``) or T2w -> T1w (``t2_to_t1``) with the shipped CycleGAN; returns the
+        output node (the input's geometry and intensity range)."""
+        from MRISynthLib.mrml import translate_node
+        return translate_node(slicer.mrmlScene, inputNode, direction, device=device, output_node=outputNode,
+                              cancel=cancel, progress_callback=progress)
 
     def synthesizeFromParameters(self, p, cancel=None, progress=None, withMaps=True):
         out, maps = self.synthesize(p.inputVolume, self.targetFromParameters(p), p.inputTE, p.inputTR,
@@ -406,6 +422,8 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.test_synthesize_logic()
         self.setUp()
         self.test_reconstruct_logic()
+        self.setUp()
+        self.test_translate_logic()
 
     def test_library_imports(self):
         import MRISynthLib
@@ -459,3 +477,20 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img)
         self.delayDisplay("reconstruction logic ok")
+
+    def test_translate_logic(self):
+        import numpy as np
+        from MRISynthLib.physics.phantoms import Phantom
+        from MRISynthLib.physics.signal import SequenceParams
+
+        labels = np.zeros((2, 64, 64), np.uint8)
+        labels[:, 8:56, 8:56] = 3
+        labels[:, 16:48, 16:48] = 2
+        labels[:, 24:40, 24:40] = 1
+        img = Phantom.from_labels(labels).render(SequenceParams("se", 0.014, 0.55)).astype(np.float32)
+        node = slicer.util.addVolumeFromArray(img, name="t1w")
+        out = MRISynthLogic().translate(node, "t1_to_t2", device="cpu")
+        self.assertIsNot(out, node)
+        self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img)
+        self.delayDisplay("translation logic ok")

@@ -245,6 +245,24 @@ def reconstruct_node(scene, input_node=None, kspace_file=None, method="cs", mask
                              output_node=output_node, reference_node=input_node)
 
 
+def translate_node(scene, input_node, direction: str = "t1_to_t2", model=None, device="auto", output_node=None,
+                   cancel=None, progress_callback=None):
+    """T1w <-> T2w translation of a scalar volume node into a new (or the given) node.
+
+    The input node is never modified; the output is written only after the whole volume
+    is computed, so an error or a cancel leaves no partial node behind.
+    """
+    from .tasks.translate import translate
+
+    if output_node is not None and output_node is input_node:
+        raise ValueError("the output volume must not be the input volume")
+    vol = volume_from_node(input_node)
+    out = translate(vol, direction, model=model, device=device, cancel=cancel, progress_callback=progress_callback)
+    tag = {"t1_to_t2": "T2w", "t2_to_t1": "T1w"}[direction]
+    return write_volume_node(scene, out, f"{input_node.GetName()}_{tag}", output_node=output_node,
+                             reference_node=input_node)
+
+
 def new_scene():
     """A fresh MRML scene (for the console and tests outside Slicer)."""
     return slicer.vtkMRMLScene()
@@ -252,4 +270,4 @@ def new_scene():
 
 __all__ = ["volume_from_node", "write_volume_node", "scalar_array_for_mrml", "place_in_study", "remove_node",
            "acquisition_from_node", "new_scene", "node_ijk_to_ras", "reparameterize_node", "synthesize_node",
-           "reconstruct_node"]
+           "reconstruct_node", "translate_node"]

@@ -39,6 +39,18 @@ def test_every_ui_name_used_exists_and_parameters_match():
     assert fields - set(params.values()) <= {"device"}
 
 
+def test_task_choices_match_the_module_constants():
+    tree = ast.parse(MOD.read_text())
+    tasks = {n.value.value for n in tree.body if isinstance(n, ast.Assign)
+             and n.targets[0].id.startswith("TASK_")}
+    combo = next(w for w in ET.parse(UI).iter("widget") if w.get("name") == "taskComboBox")
+    items = {i.find("property/string").text for i in combo.findall("item")}
+    assert items == tasks and len(tasks) == 4
+    directions = next(w for w in ET.parse(UI).iter("widget") if w.get("name") == "translateDirectionComboBox")
+    from MRISynthLib.tasks.translate import DIRECTIONS
+    assert [i.find("property/string").text for i in directions.findall("item")] == list(DIRECTIONS)
+
+
 def test_panel_loads_offscreen_and_screenshot(tmp_path):
     QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 not installed")
     from PySide6 import QtCore, QtUiTools
@@ -80,7 +92,8 @@ def test_panel_loads_offscreen_and_screenshot(tmp_path):
     f.close()
     assert w is not None, loader.errorString()
     for name in ("inputVolumeSelector", "targetTESlider", "targetTRSlider", "applyButton", "modelComboBox",
-                 "synthTISlider", "saveMapsCheckBox", "kspaceFilePathLineEdit", "reconMethodComboBox"):
+                 "synthTISlider", "saveMapsCheckBox", "kspaceFilePathLineEdit", "reconMethodComboBox",
+                 "translateDirectionComboBox"):
         assert w.findChild(QtWidgets.QWidget, name) is not None, name
     te = w.findChild(QtWidgets.QWidget, "targetTESlider")
     assert te.maximum() == pytest.approx(1.0) and te.suffix() == " s"

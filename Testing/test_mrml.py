@@ -142,3 +142,28 @@ def test_reconstruct_node_from_volume_and_from_file(scene_and_node, tmp_path):
     np.testing.assert_allclose(mrml.node_ijk_to_ras(out), mrml.node_ijk_to_ras(node), atol=1e-6)
     with pytest.raises(ValueError, match="either"):
         mrml.reconstruct_node(scene, node, kspace_file=h5)
+
+
+def test_translate_node_new_output_geometry_and_no_partial_node(scene_and_node):
+    import torch
+
+    from MRISynthLib.models.cyclegan import CycleGANConfig, Generators
+
+    torch.manual_seed(0)
+    gens = Generators(CycleGANConfig(size=32, ngf=4)).eval()
+    scene, node, _ = scene_and_node
+    before = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    n = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    out = mrml.translate_node(scene, node, "t2_to_t1", model=gens)
+    assert out is not node and out.GetName().startswith("T2w_T1w")
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(out), mrml.node_ijk_to_ras(node))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    assert slicer.util.arrayFromVolume(out).shape == before.shape
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n + 1
+    with pytest.raises(Cancelled):
+        mrml.translate_node(scene, node, model=gens, cancel=lambda: True)
+    with pytest.raises(ValueError, match="direction"):
+        mrml.translate_node(scene, node, "t1_to_pd", model=gens)
+    with pytest.raises(ValueError, match="must not be the input"):
+        mrml.translate_node(scene, node, model=gens, output_node=node)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n + 1

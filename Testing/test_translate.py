@@ -1,0 +1,228 @@
+"""T1w <-> T2w CycleGAN: architecture, losses, data, training, task function and CLI."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from MRISynthLib.models.cyclegan import (CycleGAN, CycleGANConfig, Generators, ImagePool, PatchDiscriminator,
+                                         UNetGenerator, discriminator_loss, from_model_range, gan_loss,
+                                         generator_losses, intensity_scale, to_model_range)
+from MRISynthLib.tasks import Cancelled
+from MRISynthLib.training import cyclegan as tr
+
+
+def test_paper_generator_bottleneck_and_patchgan_output():
+    cfg = CycleGANConfig()                    # paper width: 256x256x1 -> 1x1x512
+    g = UNetGenerator(cfg)
+    feats = []
+    g.down[-1].register_forward_hook(lambda m, i, o: feats.append(o.shape))
+    with torch.inference_mode():
+        y = g(torch.zeros(1, 1, 256, 256))
+        d = PatchDiscriminator(cfg)(torch.zeros(2, 1, 256, 256))
+    assert tuple(feats[0]) == (1, 512, 1, 1)
+    assert tuple(y.shape) == (1, 1, 256, 256) and float(y.abs().max()) <= 1.0
+    assert tuple(d.shape) == (2, 1, 30, 30)
+    w = g.down[1][1].weight
+    assert abs(float(w.detach().std()) - 0.02) < 0.002 and abs(float(w.detach().mean())) < 0.002   # N(0, 0.02) init
+    with pytest.raises(ValueError, match="256x256"):
+        g(torch.zeros(1, 1, 128, 128))
+    with pytest.raises(ValueError, match="power of two"):
+        CycleGANConfig(size=200)
+
+
+def test_skip_connections_concatenate_encoder_features():
+    cfg = CycleGANConfig(size=32, ngf=4, dropout=0.0)
+    g = UNetGenerator(cfg).eval()
+    enc = [blk[-1].out_channels if isinstance(blk[-1], torch.nn.Conv2d) else blk[-2].out_channels
+           for blk in g.down]
+    assert enc == [4, 8, 16, 32, 32]
+    ins = [next(m for m in blk if isinstance(m, torch.nn.ConvTranspose2d)).in_channels for blk in g.up]
+    assert ins == [32, 64, 32, 16, 8]          # innermost, then decoder + encoder features stacked
+
+
+def test_gan_losses_on_known_logits():
+    z = torch.zeros(3, 1, 30, 30)
+    assert gan_loss(z, True, "bce").item() == pytest.approx(math.log(2))
+    assert gan_loss(torch.full_like(z, 1.0), True, "lsgan").item() == pytest.approx(0.0)
+    assert gan_loss(torch.full_like(z, 1.0), False, "lsgan").item() == pytest.approx(1.0)
+    assert gan_loss(torch.full_like(z, 20.0), True, "bce").item() < 1e-8
+
+    class Const(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 1, 30, 30), self.v)
+
+    assert discriminator_loss(Const(0.0), z, z, "bce").item() == pytest.approx(2 * math.log(2))   # summed
+    assert discriminator_loss(Const(1.0), z, z, "lsgan").item() == pytest.approx(1.0)
+    # identity generators: no cycle or identity loss; the GAN terms are the discriminators' verdict
+    net = CycleGAN(CycleGANConfig(size=32, ngf=4, ndf=4, gan_mode="lsgan"))
+    net.g_ab = net.g_ba = torch.nn.Identity()
+    net.d_a, net.d_b = Const(0.0), Const(0.5)
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    total, parts, fake_a, fake_b = generator_losses(net, a, b)
+    assert parts["cycle_a"].item() == parts["cycle_b"].item() == parts["id_a"].item() == 0.0
+    assert parts["gan_ab"].item() == pytest.approx(0.25) and parts["gan_ba"].item() == pytest.approx(1.0)
+    assert total.item() == pytest.approx(1.25)
+    # a generator that halves its input: cycle L1 = 10 x mean|x - x/4|, identity 5 x mean|x - x/2|
+    net.g_ab = net.g_ba = type("Half", (torch.nn.Module,), {"forward": lambda self, x: 0.5 * x})()
+    _, parts, _, _ = generator_losses(net, a, b)
+    assert parts["cycle_a"].item() == pytest.approx(10 * 0.75 * a.mean().item(), rel=1e-5)
+    assert parts["id_b"].item() == pytest.approx(5 * 0.5 * b.mean().item(), rel=1e-5)
+
+
+def test_image_pool_mixes_history():
+    pool = ImagePool(3)
+    first = pool.query(torch.arange(3.0).view(3, 1, 1, 1))
+    assert torch.equal(first.flatten(), torch.arange(3.0))           # fills up, returns as is
+    outs = torch.cat([pool.query(torch.full((1, 1, 1, 1), 10.0 + i)) for i in range(40)]).flatten()
+    assert (outs < 10).any() and (outs >= 10).any()                   # old and new fakes both come back
+    assert torch.equal(ImagePool(0).query(first), first)
+
+
+def test_intensity_convention_round_trip():
+    img = np.linspace(0, 200, 1000, dtype=np.float32).reshape(25, 40)
+    s = intensity_scale(img)
+    assert s == pytest.approx(np.percentile(img, 99.5))
+    u = to_model_range(img, s)
+    assert u.min() == -1.0 and u.max() == 1.0
+    back = from_model_range(u, s)
+    np.testing.assert_allclose(back[img <= s], img[img <= s], rtol=1e-5, atol=1e-3)
+
+
+def _disc_fractions(n=4, size=32, shift=0):
+    """Toy tissue fractions (labels, H, W): a CSF disc in GM in WM in background."""
+    yy, xx = np.mgrid[:size, :size] - size / 2 + 0.5
+    out = []
+    for k in range(n):
+        r = np.hypot(yy, xx + shift + k % 3 - 1)
+        f = np.zeros((10, size, size), np.float32)
+        f[1] = r < size * 0.15                            # CSF
+        f[2] = (r >= size * 0.15) & (r < size * 0.28)     # GM
+        f[3] = (r >= size * 0.28) & (r < size * 0.4)      # WM
+        out.append(f)
+    return np.stack(out)
+
+
+def test_domains_are_disjoint_and_images_follow_the_contrast():
+    zs = np.arange(10, 60)
+    a, b = tr.split_domains(zs)
+    assert len(a) and len(b) and not set(a) & set(b) and set(a) | set(b) == set(zs)
+    f = _disc_fractions(1, 64)[0]
+    rng = np.random.default_rng(0)
+    t1, t2 = tr.random_image(f, "t1", rng), tr.random_image(f, "t2", rng)
+    assert t1.shape == (64, 64) and t1.min() >= -1 and t1.max() <= 1
+    csf, wm = f[1] > 0, f[3] > 0
+    assert t1[wm].mean() > t1[csf].mean() + 0.5      # T1w: white matter bright, CSF dark
+    assert t2[csf].mean() > t2[wm].mean() + 0.5      # T2w: the other way round
+
+
+def test_inversion_match_reverses_order_and_takes_the_reference_histogram():
+    rng = np.random.default_rng(0)
+    x = np.zeros((20, 20), np.float32)
+    x[4:16, 4:16] = rng.uniform(0.2, 1.0, (12, 12))
+    ref = rng.normal(0.5, 0.1, 5000).clip(0.06, 1)
+    y = tr.inversion_match(x, ref)
+    head = x > 0.05
+    assert np.all(y[~head] == 0)
+    order = np.argsort(x[head])
+    assert np.all(np.diff(y[head][order]) <= 1e-7)                  # brightest in -> darkest out
+    assert abs(np.median(y[head]) - np.median(ref)) < 0.02
+    assert abs(y[head].std() - ref.std()) < 0.02
+
+
+def test_training_steps_lower_the_generator_loss_and_resume(tmp_path):
+    cfg = CycleGANConfig(size=32, ngf=8, ndf=8)
+    fa, fb = _disc_fractions(4, 32, 0), _disc_fractions(4, 32, 2)
+    clean = {c: tr.render_contrast(fa[0], tr.test_seq(c), "mrilab") for c in ("t1", "t2")}
+    pair = {"t1_in": clean["t1"], "t2_in": clean["t2"], **clean}
+    tc = tr.CycleTrainConfig(steps=60, lr=2e-3, load_size=36, ckpt_every=30, frame_every=30, threads=1,
+                             warm_steps=5)
+    tr.train_cyclegan(cfg, tmp_path, tc, domains=(fa, fb), frame_pair=pair, progress=False)
+    rows = np.genfromtxt(tmp_path / "cyclegan_loss.csv", delimiter=",", names=True)
+    assert len(rows) == 60
+    assert np.isfinite(rows["warm"][:5]).all() and np.isnan(rows["g"][:5]).all()   # the warm start, then the game
+    g = rows["g"][5:]
+    assert g[-15:].mean() < 0.7 * g[:15].mean()
+    assert (tmp_path / "progress.gif").exists() and len(list((tmp_path / "frames").glob("*.png"))) == 3
+    from PIL import Image
+    assert Image.open(tmp_path / "progress.gif").n_frames == 3
+    # resume: a longer run continues from step 60
+    tc2 = tr.CycleTrainConfig(steps=62, lr=2e-3, load_size=36, ckpt_every=30, frame_every=1000, threads=1)
+    tr.train_cyclegan(cfg, tmp_path, tc2, domains=(fa, fb), frame_pair=pair, progress=False)
+    assert torch.load(tmp_path / "cyclegan_ckpt.pt", weights_only=False)["step"] == 62
+    assert len(np.genfromtxt(tmp_path / "cyclegan_loss.csv", delimiter=",", names=True)) == 62
+
+
+@pytest.fixture(scope="module")
+def tiny_gens():
+    torch.manual_seed(0)
+    return Generators(CycleGANConfig(size=32, ngf=4)).eval()
+
+
+def test_translate_volume_shapes_range_geometry_and_input_untouched(tiny_gens):
+    from MRISynthLib.data.io import Volume
+    from MRISynthLib.tasks.translate import translate
+
+    rng = np.random.default_rng(0)
+    arr = rng.uniform(0, 500, (3, 20, 45)).astype(np.float32)
+    arr[1] = 0.0
+    before = arr.copy()
+    vol = Volume(arr, spacing=(0.8, 0.9, 3.0), origin=(1.0, 2.0, 3.0))
+    out = translate(vol, "t2_to_t1", model=tiny_gens, batch_size=2)
+    np.testing.assert_array_equal(arr, before)
+    assert out.array.shape == arr.shape and out.array.dtype == np.float32
+    assert out.spacing == vol.spacing and out.origin == vol.origin
+    assert np.all(out.array[1] == 0)                            # an empty slice stays empty
+    for z in (0, 2):
+        assert 0 <= out.array[z].min() and out.array[z].max() <= np.percentile(arr[z], 99.5) * 1.0001
+    two_d = translate(arr[0], "t1_to_t2", model=tiny_gens)
+    assert two_d.shape == (20, 45)
+    calls = []
+    with pytest.raises(Cancelled):
+        translate(arr, model=tiny_gens, batch_size=1, cancel=lambda: len(calls) > 0,
+                  progress_callback=calls.append)
+    assert calls == [pytest.approx(1 / 3)]
+
+
+def test_translate_rejects_bad_input(tiny_gens):
+    from MRISynthLib.tasks.translate import translate
+
+    with pytest.raises(ValueError, match="direction"):
+        translate(np.ones((8, 8)), "t1_to_flair", model=tiny_gens)
+    with pytest.raises(ValueError, match="NaN"):
+        translate(np.full((8, 8), np.nan), model=tiny_gens)
+    with pytest.raises(ValueError, match="2D image or a 3D"):
+        translate(np.ones((2, 2, 8, 8)), model=tiny_gens)
+
+
+def test_shipped_model_and_cli_on_a_small_volume(tmp_path):
+    import SimpleITK as sitk
+
+    from MRISynthLib.catalog import list_models, weights_path
+    from MRISynthLib.cli import main
+
+    cards = list_models("translate")
+    assert cards, "no shipped translation model"
+    card = cards[0]
+    assert weights_path(card).exists() and len(card.sha256) == 64
+    assert {"t1_to_t2", "t2_to_t1"} <= set(card.metrics)
+    f = _disc_fractions(3, 48)
+    vol = np.stack([tr.render_contrast(x, tr.test_seq("t1"), "mrilab") for x in f]) * 1000
+    img = sitk.GetImageFromArray(vol.astype(np.float32))
+    img.SetSpacing((1.1, 1.2, 4.0))
+    img.SetOrigin((5.0, 6.0, 7.0))
+    src, dst = tmp_path / "t1w.nrrd", tmp_path / "t2w.nrrd"
+    sitk.WriteImage(img, str(src))
+    assert main(["translate", "-i", str(src), "--direction", "t1_to_t2", "-o", str(dst), "--quiet"]) == 0
+    out = sitk.ReadImage(str(dst))
+    assert out.GetSize() == img.GetSize() and out.GetSpacing() == img.GetSpacing()
+    assert out.GetOrigin() == img.GetOrigin()
+    y = sitk.GetArrayFromImage(out)
+    m = f[1, 1] > 0.5, f[1, 3] > 0.5                           # CSF, WM of the middle slice
+    assert y[1][m[0]].mean() > y[1][m[1]].mean()                # the T2w output has bright CSF
+    with pytest.raises(SystemExit):
+        main(["translate", "-i", str(src), "--direction", "flair", "-o", str(dst)])
