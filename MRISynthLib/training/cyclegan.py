@@ -152,14 +152,16 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
     For every held-out slice, tissue table and quantile ``q`` of the TE/TR ranges, the T1w
     and T2w images of the same anatomy and tissues. Returns ``{"t1_in", "t2_in", "t1",
     "t2"}``, each (N, size, size) float32 in physical units (PD = 1 for water), plus
-    ``"z"`` (the slice of each pair); normalise with the model's convention before use.
+    ``"z"`` (the slice of each pair) and ``"brain"`` (N, size, size) bool (CSF + grey +
+    white matter fraction > 0.5); normalise with the model's convention before use.
     """
     ph = load_anatomy(anatomy)
     zs = held_out_z(ph)
     frac = slice_fractions(ph, zs, size)
     rng = np.random.default_rng(seed)
-    out = {k: [] for k in ("t1_in", "t2_in", "t1", "t2", "z")}
+    out = {k: [] for k in ("t1_in", "t2_in", "t1", "t2", "z", "brain")}
     for z, f in zip(zs, frac):
+        brain = f[1:4].sum(0) > 0.5
         for table in tables:
             for q in quantiles:
                 for c in ("t1", "t2"):
@@ -167,8 +169,9 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
                     out[c].append(clean)
                     out[c + "_in"].append(add_noise(clean, TEST_SNR, rng))
                 out["z"].append(z)
-    res = {k: np.stack(v).astype(np.float32) for k, v in out.items() if k != "z"}
-    res["z"] = np.asarray(out["z"])
+                out["brain"].append(brain)
+    res = {k: np.stack(v).astype(np.float32) for k, v in out.items() if k not in ("z", "brain")}
+    res["z"], res["brain"] = np.asarray(out["z"]), np.stack(out["brain"])
     return res
 
 
