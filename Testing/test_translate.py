@@ -153,7 +153,8 @@ def test_training_steps_lower_the_generator_loss_and_resume(tmp_path):
     # resume: a longer run continues from step 60
     tc2 = tr.CycleTrainConfig(steps=62, lr=2e-3, load_size=36, ckpt_every=30, frame_every=1000, threads=1)
     tr.train_cyclegan(cfg, tmp_path, tc2, domains=(fa, fb), frame_pair=pair, progress=False)
-    assert torch.load(tmp_path / "cyclegan_ckpt.pt", weights_only=False)["step"] == 62
+    st = torch.load(tmp_path / "cyclegan_ckpt.pt", weights_only=False)
+    assert st["step"] == 62 and st["pool_a"].shape == (50, 1, 32, 32)   # the fake-image history is kept
     assert len(np.genfromtxt(tmp_path / "cyclegan_loss.csv", delimiter=",", names=True)) == 62
 
 

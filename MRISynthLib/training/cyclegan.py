@@ -259,6 +259,9 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
         net.load_state_dict(st["model"])
         opt_g.load_state_dict(st["opt_g"])
         opt_d.load_state_dict(st["opt_d"])
+        for pool, key in ((pool_a, "pool_a"), (pool_b, "pool_b")):
+            if st.get(key) is not None:
+                pool.images = list(st[key].split(1))
         start = int(st["step"])
     frames = out_dir / "frames"
     frames.mkdir(exist_ok=True)
@@ -273,8 +276,9 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
         wr.writerow(["step"] + list(LOSS_PARTS))
 
     def save(s):
+        pools = {k: torch.cat(p.images) if p.images else None for k, p in (("pool_a", pool_a), ("pool_b", pool_b))}
         save_ckpt(ckpt, model=net.state_dict(), opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), step=s,
-                  config=cfg.to_dict(), train_config=asdict(tc))
+                  config=cfg.to_dict(), train_config=asdict(tc), **pools)
 
     def add_frame(s):
         Image.fromarray(_frame(net, frame_pair)).save(frames / f"step_{s:07d}.png")
