@@ -82,6 +82,10 @@ TASK_REPARAM = "Contrast re-parameterization (TE/TR)"
 TASK_SYNTH = "Physics-informed synthesis (any contrast)"
 TASK_RECON = "Multi-coil reconstruction (k-space)"
 TASK_TRANSLATE = "T1w / T2w translation (CycleGAN)"
+APPLY_TIPS = {TASK_REPARAM: "Synthesize the target spin-echo contrast for the whole volume",
+              TASK_SYNTH: "Estimate PD/T1/T2 and render the target contrast for the whole volume",
+              TASK_RECON: "Reconstruct the undersampled k-space",
+              TASK_TRANSLATE: "Translate the whole volume slice by slice"}
 RECON_FROM_FILE = "k-space file (HDF5)"
 
 
@@ -203,7 +207,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.text = "Apply"
         problem = MRISynthLogic.validateSettings(p)
         self.ui.applyButton.enabled = problem is None
-        self.ui.applyButton.toolTip = problem or "Synthesize the target contrast for the whole volume"
+        self.ui.applyButton.toolTip = problem or APPLY_TIPS.get(p.task, "")
 
     def onInputChanged(self, node):
         # input TE/TR from the DICOM header when the volume came from DICOM
@@ -255,7 +259,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.processEvents()  # chunked in-process work: the GUI stays responsive
 
         try:
-            with slicer.util.tryWithErrorDisplay("Synthesis failed.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(f"{p.task} failed.", waitCursor=True):
                 if not ensureDependencies():
                     return
                 cancel = lambda: self._cancelRequested  # noqa: E731
