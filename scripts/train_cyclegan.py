@@ -6,7 +6,7 @@
         --gif-out docs/translate_progress.gif --export translate-cyclegan-cpu
 
 (the shipped model's commands: 600 warm-start steps, no identity loss, 5,500 steps resumed
-to 9,000, which restarts the decay from 90 % of the learning rate; with the seed's
+to 9,000, which resumes the linear decay at 78 % of the learning rate; with the seed's
 identity weight 0.5 the warm-started generators fell back to copying their input within
 400 steps, and without the warm start they never left it in 2,000 steps on 2 CPU cores)
 
