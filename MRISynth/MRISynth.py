@@ -429,6 +429,19 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_translate_logic()
 
+    @staticmethod
+    def _phantomNode(boxes, te, tr, name, slices=3):
+        """A volume node of nested squares: ``boxes`` is [(label, lo, hi)], outermost first."""
+        import numpy as np
+        from MRISynthLib.physics.phantoms import Phantom
+        from MRISynthLib.physics.signal import SequenceParams
+
+        labels = np.zeros((slices, 64, 64), np.uint8)
+        for label, lo, hi in boxes:
+            labels[:, lo:hi, lo:hi] = label
+        img = Phantom.from_labels(labels).render(SequenceParams("se", te, tr)).astype(np.float32)
+        return slicer.util.addVolumeFromArray(img, name=name), img
+
     def test_library_imports(self):
         import MRISynthLib
         from MRISynthLib.physics.signal import spin_echo
@@ -438,31 +451,19 @@ class MRISynthTest(ScriptedLoadableModuleTest):
 
     def test_reparameterize_logic(self):
         import numpy as np
-        from MRISynthLib.physics.phantoms import Phantom
-        from MRISynthLib.physics.signal import SequenceParams
 
-        labels = np.zeros((3, 64, 64), np.uint8)
-        labels[:, 16:48, 16:48] = 2
-        labels[:, 24:40, 24:40] = 3
-        img = Phantom.from_labels(labels).render(SequenceParams("se", 0.05, 4.5))
-        node = slicer.util.addVolumeFromArray(img.astype(np.float32), name="phantom")
+        node, img = self._phantomNode([(2, 16, 48), (3, 24, 40)], 0.05, 4.5, "phantom")
         out = MRISynthLogic().reparameterize(node, 0.09, 3.0, 0.05, 4.5, model="d2p", device="cpu")
         self.assertIsNot(out, node)
         self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img.astype(np.float32))
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img)
         self.delayDisplay("re-parameterization logic ok")
 
     def test_synthesize_logic(self):
         import numpy as np
-        from MRISynthLib.physics.phantoms import Phantom
-        from MRISynthLib.physics.signal import PRESETS, SequenceParams
+        from MRISynthLib.physics.signal import PRESETS
 
-        labels = np.zeros((3, 64, 64), np.uint8)
-        labels[:, 8:56, 8:56] = 1
-        labels[:, 16:48, 16:48] = 2
-        labels[:, 24:40, 24:40] = 3
-        img = Phantom.from_labels(labels).render(SequenceParams("se", 0.05, 4.5)).astype(np.float32)
-        node = slicer.util.addVolumeFromArray(img, name="phantom")
+        node, img = self._phantomNode([(1, 8, 56), (2, 16, 48), (3, 24, 40)], 0.05, 4.5, "phantom")
         out, maps = MRISynthLogic().synthesize(node, PRESETS["FLAIR"], 0.05, 4.5, device="cpu", saveMaps=True)
         self.assertIsNot(out, node)
         self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
@@ -484,15 +485,8 @@ class MRISynthTest(ScriptedLoadableModuleTest):
 
     def test_translate_logic(self):
         import numpy as np
-        from MRISynthLib.physics.phantoms import Phantom
-        from MRISynthLib.physics.signal import SequenceParams
 
-        labels = np.zeros((2, 64, 64), np.uint8)
-        labels[:, 8:56, 8:56] = 3
-        labels[:, 16:48, 16:48] = 2
-        labels[:, 24:40, 24:40] = 1
-        img = Phantom.from_labels(labels).render(SequenceParams("se", 0.014, 0.55)).astype(np.float32)
-        node = slicer.util.addVolumeFromArray(img, name="t1w")
+        node, img = self._phantomNode([(3, 8, 56), (2, 16, 48), (1, 24, 40)], 0.014, 0.55, "t1w", slices=2)
         out = MRISynthLogic().translate(node, "t1_to_t2", device="cpu")
         self.assertIsNot(out, node)
         self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)

@@ -73,6 +73,14 @@ def list_models(task: Optional[str] = None) -> List[ModelCard]:
     return [c for c in load_catalog().values() if task is None or c.task == task]
 
 
+def shipped_models(task: str, what: str) -> List[ModelCard]:
+    """The catalog's models for ``task`` sorted by id; FileNotFoundError naming ``what`` if none."""
+    cands = sorted(list_models(task), key=lambda c: c.id)
+    if not cands:
+        raise FileNotFoundError(f"no shipped {what} model in the catalog")
+    return cands
+
+
 def weights_path(card: ModelCard, progress: bool = True) -> Path:
     """Path of verified weights: shipped file, else cached download (fetched once)."""
     p = card.shipped_path()
@@ -140,5 +148,5 @@ def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = 
     return cards[model_id]
 
 
-__all__ = ["ModelCard", "ship", "load_network", "ChecksumError", "load_catalog", "save_catalog", "get_card", "list_models",
+__all__ = ["ModelCard", "ship", "load_network", "ChecksumError", "load_catalog", "save_catalog", "get_card", "list_models", "shipped_models",
            "weights_path", "load_state_dict", "save_weights", "MODELS_DIR"]

@@ -8,6 +8,7 @@ import torch
 from MRISynthLib.models.cyclegan import (CycleGAN, CycleGANConfig, Generators, ImagePool, PatchDiscriminator,
                                          UNetGenerator, discriminator_loss, from_model_range, gan_loss,
                                          generator_losses, intensity_scale, to_model_range)
+from MRISynthLib.physics.phantoms import render_fractions
 from MRISynthLib.tasks import Cancelled
 from MRISynthLib.training import cyclegan as tr
 
@@ -137,7 +138,7 @@ def test_inversion_match_reverses_order_and_takes_the_reference_histogram():
 def test_training_steps_lower_the_generator_loss_and_resume(tmp_path):
     cfg = CycleGANConfig(size=32, ngf=8, ndf=8)
     fa, fb = _disc_fractions(4, 32, 0), _disc_fractions(4, 32, 2)
-    clean = {c: tr.render_contrast(fa[0], tr.test_seq(c), "mrilab") for c in ("t1", "t2")}
+    clean = {c: render_fractions(fa[0], tr.test_seq(c), "mrilab") for c in ("t1", "t2")}
     pair = {"t1_in": clean["t1"], "t2_in": clean["t2"], **clean}
     tc = tr.CycleTrainConfig(steps=60, lr=2e-3, load_size=36, ckpt_every=30, frame_every=30, threads=1,
                              warm_steps=5)
@@ -212,7 +213,7 @@ def test_shipped_model_and_cli_on_a_small_volume(tmp_path):
     assert weights_path(card).exists() and len(card.sha256) == 64
     assert {"t1_to_t2", "t2_to_t1"} <= set(card.metrics)
     f = _disc_fractions(3, 48)
-    vol = np.stack([tr.render_contrast(x, tr.test_seq("t1"), "mrilab") for x in f]) * 1000
+    vol = np.stack([render_fractions(x, tr.test_seq("t1"), "mrilab") for x in f]) * 1000
     img = sitk.GetImageFromArray(vol.astype(np.float32))
     img.SetSpacing((1.1, 1.2, 4.0))
     img.SetOrigin((5.0, 6.0, 7.0))

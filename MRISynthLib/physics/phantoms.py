@@ -69,6 +69,15 @@ def resample_partial_volume(arr: np.ndarray, spacing_in: Sequence[float], spacin
     return out
 
 
+def render_fractions(fractions: np.ndarray, seq: SequenceParams, table) -> np.ndarray:
+    """Image of tissue fractions (labels, ...) for one acquisition: the sum over tissues of
+    fraction x the tissue's signal (tissues without PD give nothing)."""
+    lut = get_table(table).lookup(fractions.shape[0])
+    s = np.asarray(seq.signal(lut["pd"], lut["t1"], lut["t2"], lut["t2star"]), dtype=np.float64)
+    s = np.where(lut["pd"] > 0, s, 0.0).astype(np.float32)
+    return np.tensordot(s, fractions, axes=1)
+
+
 @dataclass
 class Phantom:
     """Tissue fractions (labels, z, y, x) with LPS geometry."""
@@ -127,10 +136,7 @@ class Phantom:
 
     def render(self, seq: SequenceParams, table=None) -> np.ndarray:
         """Image of this phantom for one acquisition (sum over tissues of fraction x signal)."""
-        lut = self._tissue_values(table)
-        s = np.asarray(seq.signal(lut["pd"], lut["t1"], lut["t2"], lut["t2star"]), dtype=np.float64)
-        s = np.where(lut["pd"] > 0, s, 0.0).astype(np.float32)
-        return np.tensordot(s, self.fractions, axes=1)
+        return render_fractions(self.fractions, seq, table if table is not None else self.table)
 
     def geometry(self) -> dict:
         return {"spacing": tuple(self.spacing), "origin": tuple(self.origin),

@@ -32,13 +32,11 @@ METHODS = ("zero-filled", "cg-sense", "cs", "unrolled")
 def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[float] = None):
     """A catalog unrolled network, cached per device. Without ``model``: the shipped one
     trained at the acceleration closest to ``accel`` (the first one when not given)."""
-    from ..catalog import get_card, list_models, load_network
+    from ..catalog import get_card, load_network, shipped_models
     from ..models.unrolled import UnrolledConfig, UnrolledNet
 
     if model is None:
-        cands = sorted(list_models("recon"), key=lambda c: c.id)
-        if not cands:
-            raise FileNotFoundError("no shipped unrolled reconstruction model in the catalog")
+        cands = shipped_models("recon", "unrolled reconstruction")
         if accel:
             cands.sort(key=lambda c: abs(np.log(float(c.training.get("acceleration", 4.0)) / accel)))
         model = cands[0].id

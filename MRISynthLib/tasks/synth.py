@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..catalog import ModelCard, get_card, list_models, load_network
+from ..catalog import ModelCard, get_card, load_network, shipped_models
 from ..data.io import Volume
 from ..device import resolve_device
 from ..models.quantitative import QuantConfig, QuantNet, effective_maps, refine_fractions, stack_inputs
@@ -41,16 +41,9 @@ _ESTIMATE_CACHE: "OrderedDict[str, MapEstimate]" = OrderedDict()
 ESTIMATE_CACHE_SIZE = 2
 
 
-def default_model_id() -> str:
-    cands = list_models("synth")
-    if not cands:
-        raise FileNotFoundError("no shipped physics-informed synthesis model in the catalog")
-    return sorted(cands, key=lambda c: c.id)[0].id
-
-
 def load_model(model: Optional[str] = None, device=None) -> Tuple[QuantNet, ModelCard]:
     """Load (and cache per model and device) a catalog model; verifies the SHA256."""
-    card = get_card(model or default_model_id())
+    card = get_card(model or shipped_models("synth", "physics-informed synthesis")[0].id)
     return load_network(card, lambda arch: QuantNet(QuantConfig(**arch)), device), card
 
 

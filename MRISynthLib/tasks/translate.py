@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..catalog import ModelCard, get_card, list_models, load_network
+from ..catalog import ModelCard, get_card, load_network, shipped_models
 from ..data.io import Volume
 from ..device import resolve_device
 from ..models.cyclegan import CycleGANConfig, Generators, from_model_range, intensity_scale, to_model_range
@@ -26,16 +26,9 @@ from . import Cancelled, check_image_array
 DIRECTIONS = tuple(Generators.DIRECTIONS)
 
 
-def default_model_id() -> str:
-    cands = list_models("translate")
-    if not cands:
-        raise FileNotFoundError("no shipped T1/T2 translation model in the catalog")
-    return sorted(cands, key=lambda c: c.id)[0].id
-
-
 def load_model(model: Optional[str] = None, device=None) -> Tuple[Generators, ModelCard]:
     """Load (and cache per model and device) a catalog model; verifies the SHA256."""
-    card = get_card(model or default_model_id())
+    card = get_card(model or shipped_models("translate", "T1/T2 translation")[0].id)
     return load_network(card, lambda arch: Generators(CycleGANConfig(**arch)), device), card
 
 

@@ -47,9 +47,9 @@ from tqdm.auto import tqdm
 
 from ..models.cyclegan import CycleGAN, CycleGANConfig, ImagePool, discriminator_loss, generator_losses
 from ..models.cyclegan import intensity_scale, to_model_range
-from ..physics.phantoms import add_noise, bias_field
+from ..physics.phantoms import add_noise, bias_field, render_fractions
 from ..physics.signal import SequenceParams
-from ..physics.tissues import get_table, jitter_table
+from ..physics.tissues import jitter_table
 from .common import save_ckpt, start_run
 from .quantitative import held_out_z, load_anatomy, slice_fractions, train_z
 
@@ -80,21 +80,13 @@ class CycleTrainConfig:
     tables: Tuple[str, ...] = ("mrilab", "mrilab_full")
 
 
-def render_contrast(frac: np.ndarray, seq: SequenceParams, table) -> np.ndarray:
-    """Partial-volume image of one slice's fractions (labels, H, W) for one acquisition."""
-    lut = get_table(table).lookup(frac.shape[0])
-    s = np.asarray(seq.signal(lut["pd"], lut["t1"], lut["t2"], lut["t2star"], validate=False), np.float64)
-    s = np.where(lut["pd"] > 0, s, 0.0).astype(np.float32)
-    return np.tensordot(s, frac, axes=1)
-
-
 def random_image(frac: np.ndarray, contrast: str, rng: np.random.Generator,
                  tables: Sequence[str] = ("mrilab", "mrilab_full")) -> np.ndarray:
     """One randomised training image of a contrast (``t1``/``t2``), in [-1, 1]."""
     (te0, te1), (tr0, tr1) = CONTRASTS[contrast]
     seq = SequenceParams("se", float(rng.uniform(te0, te1)), float(rng.uniform(tr0, tr1)))
     table = jitter_table(tables[rng.integers(len(tables))], rng, JITTER)
-    img = render_contrast(frac, seq, table)
+    img = render_fractions(frac, seq, table)
     if rng.random() < 0.5:
         img = img * bias_field(img.shape, rng, float(rng.uniform(0.02, 0.1)))
     img = add_noise(img, float(np.exp(rng.uniform(np.log(30), np.log(150)))), rng)
@@ -165,7 +157,7 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
         for table in tables:
             for q in quantiles:
                 for c in ("t1", "t2"):
-                    clean = render_contrast(f, test_seq(c, q), table)
+                    clean = render_fractions(f, test_seq(c, q), table)
                     out[c].append(clean)
                     out[c + "_in"].append(add_noise(clean, TEST_SNR, rng))
                 out["z"].append(z)
