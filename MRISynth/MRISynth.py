@@ -20,9 +20,9 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 try:
-    from slicer import vtkMRMLScalarVolumeNode
+    from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode
 except ImportError:  # pragma: no cover
-    vtkMRMLScalarVolumeNode = "vtkMRMLScalarVolumeNode"
+    vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode = "vtkMRMLScalarVolumeNode", "vtkMRMLSequenceNode"
 
 REQUIREMENTS = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
@@ -82,10 +82,12 @@ TASK_REPARAM = "Contrast re-parameterization (TE/TR)"
 TASK_SYNTH = "Physics-informed synthesis (any contrast)"
 TASK_RECON = "Multi-coil reconstruction (k-space)"
 TASK_TRANSLATE = "T1w / T2w translation (CycleGAN)"
+TASK_CINE = "Cine reconstruction (2D+time)"
 APPLY_TIPS = {TASK_REPARAM: "Synthesize the target spin-echo contrast for the whole volume",
               TASK_SYNTH: "Estimate PD/T1/T2 and render the target contrast for the whole volume",
               TASK_RECON: "Reconstruct the undersampled k-space",
-              TASK_TRANSLATE: "Translate the whole volume slice by slice"}
+              TASK_TRANSLATE: "Translate the whole volume slice by slice",
+              TASK_CINE: "Undersample the sequence (ky-t) and reconstruct it into a new sequence"}
 RECON_FROM_FILE = "k-space file (HDF5)"
 
 
@@ -116,6 +118,10 @@ class MRISynthParameterNode:
     reconAccel: float = 4.0
     reconMethod: str = "cs"
     translateDirection: str = "t1_to_t2"
+    inputSequence: vtkMRMLSequenceNode
+    outputSequence: vtkMRMLSequenceNode
+    cineAccel: float = 5.0
+    cineMethod: str = "cascade"
 
 
 class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -197,6 +203,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.synthCollapsibleButton.setVisible(task == TASK_SYNTH)
         self.ui.reconCollapsibleButton.setVisible(task == TASK_RECON)
         self.ui.translateCollapsibleButton.setVisible(task == TASK_TRANSLATE)
+        self.ui.cineCollapsibleButton.setVisible(task == TASK_CINE)
 
     def _checkCanApply(self, caller=None, event=None):
         p = self._parameterNode
@@ -265,6 +272,13 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 cancel = lambda: self._cancelRequested  # noqa: E731
                 if p.task == TASK_SYNTH:
                     out = self.logic.synthesizeFromParameters(p, cancel=cancel, progress=progress)
+                elif p.task == TASK_CINE:
+                    seq = self.logic.reconstructCine(p.inputSequence, method=p.cineMethod, accel=p.cineAccel,
+                                                     device=p.device, outputSequence=p.outputSequence,
+                                                     cancel=cancel, progress=progress)
+                    p.outputSequence = seq
+                    self.log(f"{seq.GetName()}: {seq.GetNumberOfDataNodes()} frames in {time.time() - start:.1f} s")
+                    return
                 elif p.task == TASK_TRANSLATE:
                     out = self.logic.translate(p.inputVolume, p.translateDirection, device=p.device,
                                                outputNode=p.outputVolume, cancel=cancel, progress=progress)
@@ -320,6 +334,12 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
         """None when the settings can run, else the reason (shown as the Apply tooltip)."""
         if p is None:
             return "Select an input volume"
+        if p.task == TASK_CINE:
+            if not p.inputSequence:
+                return "Select an input sequence"
+            if p.outputSequence and p.outputSequence == p.inputSequence:
+                return "The output must not be the input sequence"
+            return None if p.cineAccel >= 2 else "The acceleration must be at least 2"
         if p.outputVolume and p.outputVolume == p.inputVolume:
             return "The output must not be the input volume"
         if p.task == TASK_RECON:
@@ -373,6 +393,14 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
         from MRISynthLib.mrml import translate_node
         return translate_node(slicer.mrmlScene, inputNode, direction, device=device, output_node=outputNode,
                               cancel=cancel, progress_callback=progress)
+
+    def reconstructCine(self, inputSequence, method="cascade", accel=5.0, device="auto", outputSequence=None,
+                        cancel=None, progress=None):
+        """Cine reconstruction of a sequence node of fully sampled frames, undersampled retrospectively
+        at ``accel`` (ky-t variable density); returns a new sequence node (the input's geometry)."""
+        from MRISynthLib.mrml import cine_node
+        return cine_node(slicer.mrmlScene, inputSequence, method=method, accel=accel, device=device,
+                         output_node=outputSequence, cancel=cancel, progress_callback=progress)
 
     def synthesizeFromParameters(self, p, cancel=None, progress=None, withMaps=True):
         out, maps = self.synthesize(p.inputVolume, self.targetFromParameters(p), p.inputTE, p.inputTR,
@@ -428,6 +456,8 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.test_reconstruct_logic()
         self.setUp()
         self.test_translate_logic()
+        self.setUp()
+        self.test_cine_logic()
 
     @staticmethod
     def _phantomNode(boxes, te, tr, name, slices=3):
@@ -492,3 +522,22 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.util.arrayFromVolume(out).shape, img.shape)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), img)
         self.delayDisplay("translation logic ok")
+
+    def test_cine_logic(self):
+        import numpy as np
+        from MRISynthLib.data.io import Volume
+        from MRISynthLib.mrml import sequence_from_node, write_sequence_node
+
+        yy, xx = np.mgrid[:64, :64] / 64 - 0.5
+        frames = np.stack([(np.hypot(yy, xx) < 0.25 + 0.05 * np.sin(2 * np.pi * f / 20)).astype(np.float32)
+                           for f in range(20)])
+        geom = Volume(frames[:1], spacing=(1.5, 1.5, 8.0), origin=(10.0, 20.0, 30.0))
+        seq = write_sequence_node(slicer.mrmlScene, frames, geom, "cine", index_values=np.arange(20) * 0.05)
+        out = MRISynthLogic().reconstructCine(seq, method="cascade", accel=5.0, device="cpu")
+        self.assertIsNot(out, seq)
+        rec, g, values = sequence_from_node(out)
+        self.assertEqual(rec.shape, (20, 1, 64, 64))
+        np.testing.assert_allclose(g.origin, geom.origin)
+        np.testing.assert_allclose(values, np.arange(20) * 0.05)
+        np.testing.assert_array_equal(sequence_from_node(seq)[0][:, 0], frames)
+        self.delayDisplay("cine reconstruction logic ok")

@@ -263,6 +263,82 @@ def translate_node(scene, input_node, direction: str = "t1_to_t2", model=None, d
                              reference_node=input_node)
 
 
+def sequence_from_node(seq_node):
+    """Frames of a sequence node of scalar volumes -> (array [T, K, J, I] copy, :class:`Volume`
+    with frame 0's geometry, numeric index values or None). All frames must share shape and
+    geometry."""
+    if seq_node is None or not seq_node.IsA("vtkMRMLSequenceNode"):
+        raise ValueError("the input must be a sequence node")
+    n = seq_node.GetNumberOfDataNodes()
+    if n < 2:
+        raise ValueError(f"the input sequence has {n} frame(s); a cine needs at least 2")
+    frames, geom, values = [], None, []
+    for i in range(n):
+        node = seq_node.GetNthDataNode(i)
+        if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+            raise ValueError("every frame of the sequence must be a scalar volume")
+        v = volume_from_node(node)
+        if geom is None:
+            geom = v
+        elif v.array.shape != geom.array.shape or not np.allclose(node_ijk_to_ras(node), ijk_to_ras(geom), atol=1e-4):
+            raise ValueError(f"frame {i} differs in size or geometry from frame 0")
+        frames.append(v.array)
+        try:
+            values.append(float(seq_node.GetNthIndexValue(i)))
+        except ValueError:
+            values = None
+            break
+    return np.stack(frames), geom, values
+
+
+def write_sequence_node(scene, frames: np.ndarray, geometry: Volume, name: str, reference_node=None,
+                        index_values=None, index_name: str = "time", index_unit: str = "s", output_node=None):
+    """A new (or the given, never the reference) sequence node of scalar volumes, one per frame
+    [T, K, J, I] or [T, J, I], with ``geometry``; plus a sequence browser when Slicer's Sequences
+    module is there (in Slicer, so that the views play it)."""
+    if output_node is not None and output_node is reference_node:
+        raise ValueError("the output sequence must not be the input sequence")
+    frames = scalar_array_for_mrml(np.asarray(frames))
+    if frames.ndim == 3:
+        frames = frames[:, None]
+    values = list(range(len(frames))) if index_values is None else list(index_values)
+    seq = output_node or scene.AddNewNodeByClass("vtkMRMLSequenceNode", scene.GenerateUniqueName(name))
+    seq.RemoveAllDataNodes()
+    seq.SetIndexName(index_name)
+    seq.SetIndexUnit(index_unit)
+    seq.SetIndexType(seq.NumericIndex)
+    tmp = slicer.vtkMRMLScalarVolumeNode()
+    for f, val in zip(frames, values):
+        slicer.util.updateVolumeFromArray(tmp, np.ascontiguousarray(f))
+        set_node_geometry(tmp, geometry.with_array(f))
+        seq.SetDataNodeAtValue(tmp, f"{val:g}")
+    if reference_node is not None:
+        place_in_study(scene, seq, reference_node)
+    if hasattr(slicer, "modules") and hasattr(slicer.modules, "sequences"):  # pragma: no cover - Slicer only
+        browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", scene.GenerateUniqueName(name + " browser"))
+        browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
+    return seq
+
+
+def cine_node(scene, input_node, method: str = "cascade", accel: float = 5.0, model=None, device="auto",
+              output_node=None, cancel=None, progress_callback=None):
+    """Cine reconstruction of a sequence node of fully sampled frames, undersampled
+    retrospectively (ky-t variable density at ``accel``, phase encode along the frames' I axis),
+    into a new sequence node of magnitude frames with the same geometry and index values.
+    Nothing is added to the scene if the work fails or is cancelled."""
+    from .tasks.cine import reconstruct_cine
+
+    if output_node is not None and output_node is input_node:
+        raise ValueError("the output sequence must not be the input sequence")
+    frames, geom, values = sequence_from_node(input_node)
+    data = frames[:, 0] if frames.shape[1] == 1 else frames
+    rec = reconstruct_cine(data.astype(np.float32), method=method, model=model, device=device, accel=accel,
+                           domain="image", cancel=cancel, progress_callback=progress_callback)
+    return write_sequence_node(scene, rec, geom, f"{input_node.GetName()}_{method}", reference_node=input_node,
+                               index_values=values, index_name=input_node.GetIndexName() or "time",
+                               index_unit=input_node.GetIndexUnit() or "s", output_node=output_node)
+
+
 def new_scene():
     """A fresh MRML scene (for the console and tests outside Slicer)."""
     return slicer.vtkMRMLScene()
@@ -270,4 +346,4 @@ def new_scene():
 
 __all__ = ["volume_from_node", "write_volume_node", "scalar_array_for_mrml", "place_in_study", "remove_node",
            "acquisition_from_node", "new_scene", "node_ijk_to_ras", "reparameterize_node", "synthesize_node",
-           "reconstruct_node", "translate_node"]
+           "reconstruct_node", "translate_node", "sequence_from_node", "write_sequence_node", "cine_node"]

@@ -74,3 +74,24 @@ def orthogonal_views(vol: np.ndarray, flip_for_display: bool = True):
     if flip_for_display:
         co, sa = co[::-1], sa[::-1]
     return [ax, co, sa]
+
+
+def cine_gif(frames, path, panels: Optional[Sequence[np.ndarray]] = None, duration_ms: int = 60,
+             scale: int = 2) -> Path:
+    """An animated GIF of a cine [T, x, y] (or several side by side: ``panels``, each [T, x, y]),
+    each panel windowed to its 99.9th percentile, one GIF frame per cine frame; atomic."""
+    from PIL import Image
+
+    series = [np.asarray(frames)] if panels is None else [np.asarray(p) for p in panels]
+    t = series[0].shape[0]
+    if any(s.ndim != 3 or s.shape[0] != t for s in series):
+        raise ValueError("every panel must be [T, x, y] with the same number of frames")
+    norm = [np.clip(s / max(float(np.percentile(s, 99.9)), 1e-12), 0, 1) for s in series]
+    ims = []
+    for f in range(t):
+        row = np.concatenate([n[f] for n in norm], axis=1)
+        im = Image.fromarray(np.round(row * 255).astype(np.uint8))
+        ims.append(im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale != 1 else im)
+    with atomic_output(path, suffix=".gif") as tmp:
+        ims[0].save(tmp, format="GIF", save_all=True, append_images=ims[1:], duration=duration_ms, loop=0)
+    return Path(path)

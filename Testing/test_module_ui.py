@@ -45,10 +45,13 @@ def test_task_choices_match_the_module_constants():
              and n.targets[0].id.startswith("TASK_")}
     combo = next(w for w in ET.parse(UI).iter("widget") if w.get("name") == "taskComboBox")
     items = {i.find("property/string").text for i in combo.findall("item")}
-    assert items == tasks and len(tasks) == 4
+    assert items == tasks and len(tasks) == 5
     directions = next(w for w in ET.parse(UI).iter("widget") if w.get("name") == "translateDirectionComboBox")
     from MRISynthLib.tasks.translate import DIRECTIONS
     assert [i.find("property/string").text for i in directions.findall("item")] == list(DIRECTIONS)
+    cine = next(w for w in ET.parse(UI).iter("widget") if w.get("name") == "cineMethodComboBox")
+    from MRISynthLib.tasks.cine import CINE_METHODS
+    assert [i.find("property/string").text for i in cine.findall("item")] == list(CINE_METHODS)
 
 
 def test_panel_loads_offscreen_and_screenshot(tmp_path):
@@ -93,11 +96,12 @@ def test_panel_loads_offscreen_and_screenshot(tmp_path):
     assert w is not None, loader.errorString()
     for name in ("inputVolumeSelector", "targetTESlider", "targetTRSlider", "applyButton", "modelComboBox",
                  "synthTISlider", "saveMapsCheckBox", "kspaceFilePathLineEdit", "reconMethodComboBox",
-                 "translateDirectionComboBox"):
+                 "translateDirectionComboBox", "inputSequenceSelector", "cineMethodComboBox", "cineAccelSlider",
+                 "outputSequenceSelector"):
         assert w.findChild(QtWidgets.QWidget, name) is not None, name
     te = w.findChild(QtWidgets.QWidget, "targetTESlider")
     assert te.maximum() == pytest.approx(1.0) and te.suffix() == " s"
-    w.resize(400, 1180)
+    w.resize(400, w.sizeHint().height())
     w.show()
     app.processEvents()
     shot = tmp_path / "panel.png"

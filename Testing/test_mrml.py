@@ -167,3 +167,60 @@ def test_translate_node_new_output_geometry_and_no_partial_node(scene_and_node):
     with pytest.raises(ValueError, match="must not be the input"):
         mrml.translate_node(scene, node, model=gens, output_node=node)
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n + 1
+
+
+def _cine_sequence(scene, frames=20, n=64):
+    yy, xx = np.mgrid[:n, :n] / n - 0.5
+    arr = np.stack([(np.hypot(yy, xx) < 0.25 + 0.05 * np.sin(2 * np.pi * f / frames)).astype(np.float32) * 100
+                    for f in range(frames)])
+    geom = io.Volume(arr[:1], spacing=(1.4, 1.4, 8.0), origin=(10.0, -5.0, 30.0), direction=(0, 1, 0, 1, 0, 0, 0, 0, -1))
+    seq = mrml.write_sequence_node(scene, arr, geom, "cine", index_values=np.arange(frames) * 0.04)
+    return seq, arr, geom
+
+
+def test_sequence_node_round_trip_and_checks():
+    scene = mrml.new_scene()
+    seq, arr, geom = _cine_sequence(scene)
+    frames, g, values = mrml.sequence_from_node(seq)
+    np.testing.assert_array_equal(frames[:, 0], arr)
+    np.testing.assert_allclose(io.ijk_to_ras(g), io.ijk_to_ras(geom))
+    np.testing.assert_allclose(values, np.arange(20) * 0.04)
+    assert seq.GetIndexName() == "time" and seq.GetIndexUnit() == "s"
+    with pytest.raises(ValueError, match="sequence node"):
+        mrml.sequence_from_node(mrml.write_volume_node(scene, geom, "vol"))
+    other = io.Volume(arr[:1], spacing=(2.0, 1.4, 8.0))
+    odd = mrml.write_sequence_node(scene, arr[:2], geom, "odd")
+    tmp = slicer.vtkMRMLScalarVolumeNode()
+    slicer.util.updateVolumeFromArray(tmp, arr[:1])
+    mrml.set_node_geometry(tmp, other)
+    odd.SetDataNodeAtValue(tmp, "5")
+    with pytest.raises(ValueError, match="geometry"):
+        mrml.sequence_from_node(odd)
+
+
+def test_cine_node_new_sequence_geometry_input_unchanged_no_partial_node():
+    import torch
+
+    from MRISynthLib.models.dynamic import DynamicConfig, build_dynamic
+
+    torch.manual_seed(0)
+    net = build_dynamic(DynamicConfig(arch="cascade", frames=20, stages=2, width=4, depth=3)).eval()
+    scene = mrml.new_scene()
+    seq, arr, geom = _cine_sequence(scene)
+    n = scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode")
+    out = mrml.cine_node(scene, seq, method="cascade", accel=5.0, model=net)
+    assert out is not seq and out.GetName().startswith("cine_cascade")
+    rec, g, values = mrml.sequence_from_node(out)
+    assert rec.shape == (20, 1, 64, 64) and rec.dtype == np.float32
+    np.testing.assert_allclose(io.ijk_to_ras(g), io.ijk_to_ras(geom))
+    np.testing.assert_allclose(values, np.arange(20) * 0.04)
+    np.testing.assert_array_equal(mrml.sequence_from_node(seq)[0][:, 0], arr)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == n + 1
+    with pytest.raises(Cancelled):
+        mrml.cine_node(scene, seq, model=net, cancel=lambda: True)
+    with pytest.raises(ValueError, match="must not be the input"):
+        mrml.cine_node(scene, seq, method="zero-filled", output_node=seq)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == n + 1
+    # a chosen output sequence is refilled, not duplicated
+    again = mrml.cine_node(scene, seq, method="zero-filled", output_node=out)
+    assert again is out and scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == n + 1

@@ -153,3 +153,48 @@ def read_kspace_file(path):
         d = read_seed004(path)
         return d["ksp"] * d["masks"][:, None], d["masks"][0], d["maps"], d["attrs"]
     raise ValueError(f"{path}: neither a fastMRI-layout ('kspace') nor a seed-004 ('ksp', 'maps', 'masks') file")
+
+
+# ----------------------------------------------------------------------------- cine
+def write_cine(path, kspace: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None,
+               reconstruction: Optional[np.ndarray] = None, reference: Optional[np.ndarray] = None,
+               attrs: Optional[dict] = None) -> Path:
+    """A cine HDF5 file: ``kspace`` complex [frames, (coils,) kx, ky], ``mask`` [frames, ky],
+    ``reconstruction`` [frames, x, y] (float32), ``reference`` (fully sampled magnitude)."""
+    if kspace is None and reconstruction is None:
+        raise ValueError("a cine file needs kspace or a reconstruction")
+    if kspace is not None:
+        kspace = np.asarray(kspace)
+        if not np.iscomplexobj(kspace) or kspace.ndim not in (3, 4):
+            raise ValueError("cine kspace must be complex [frames, (coils,) kx, ky]")
+        if mask is not None and np.asarray(mask).shape != (kspace.shape[0], kspace.shape[-1]):
+            raise ValueError(f"cine mask must be [frames, ky] = {(kspace.shape[0], kspace.shape[-1])}")
+    with atomic_h5(path) as f:
+        if kspace is not None:
+            f.create_dataset("kspace", data=kspace.astype(np.complex64), compression="gzip", compression_opts=1)
+        if mask is not None:
+            f.create_dataset("mask", data=np.asarray(mask, np.float32))
+        for name, arr in (("reconstruction", reconstruction), ("reference", reference)):
+            if arr is not None:
+                f.create_dataset(name, data=np.asarray(arr, np.float32), compression="gzip", compression_opts=1)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+    return Path(path)
+
+
+def read_cine(path) -> Dict[str, object]:
+    """Read a cine HDF5 file: dict with ``kspace`` [frames, (coils,) kx, ky] or None, ``mask``
+    [frames, ky] or None, ``reconstruction`` / ``reference`` or None, ``attrs``."""
+    with _open(path) as f:
+        out = {k: (f[k][()] if k in f else None) for k in ("kspace", "mask", "reconstruction", "reference")}
+        out["attrs"] = dict(f.attrs)
+    k = out["kspace"]
+    if k is None and out["reconstruction"] is None:
+        raise ValueError(f"{path}: neither 'kspace' nor 'reconstruction' (not a cine file)")
+    if k is not None:
+        if not np.iscomplexobj(k) or k.ndim not in (3, 4):
+            raise ValueError(f"{path}: kspace must be complex [frames, (coils,) kx, ky], got {k.dtype} {k.shape}")
+        m = out["mask"]
+        if m is not None and m.shape != (k.shape[0], k.shape[-1]):
+            raise ValueError(f"{path}: mask {m.shape} must be [frames, ky] = {(k.shape[0], k.shape[-1])}")
+    return out

@@ -235,3 +235,96 @@ def to_uint8(arr: np.ndarray, lo: Optional[float] = None, hi: Optional[float] = 
     if hi <= lo:
         return np.zeros(a.shape, np.uint8)
     return np.clip(np.round((a - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- sequences
+SEQUENCE_SUFFIX = ".seq.nrrd"
+_NRRD_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.int16): "short",
+               np.dtype(np.uint16): "ushort", np.dtype(np.uint8): "uchar", np.dtype(np.int32): "int"}
+
+
+def is_sequence_path(path) -> bool:
+    return str(path).lower().endswith(SEQUENCE_SUFFIX)
+
+
+def read_sequence(path):
+    """A Slicer volume sequence (``.seq.nrrd``: a NRRD whose first axis is a ``list`` of
+    frames) -> (frames array [T, z, y, x], :class:`Volume` of frame 0 with the geometry,
+    frame index values or None). SimpleITK reads the list axis as vector components."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ValueError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from e
+    arr = sitk.GetArrayFromImage(img)
+    if img.GetNumberOfComponentsPerPixel() == 1:
+        raise ValueError(f"{path} holds a single volume, not a sequence of frames")
+    frames = np.moveaxis(arr, -1, 0)
+    if frames.ndim == 3:                                   # 2D frames
+        frames = frames[:, None]
+    geom = Volume.from_sitk(sitk.VectorIndexSelectionCast(img, 0))
+    if geom.array.ndim == 2:
+        geom = Volume(geom.array[None], tuple(geom.spacing) + (1.0,), tuple(geom.origin) + (0.0,))
+    values = None
+    key = "axis 0 index values"
+    for k in img.GetMetaDataKeys():
+        if k.strip() == key:
+            try:
+                values = [float(v) for v in img.GetMetaData(k).split()]
+            except ValueError:
+                values = None
+    return frames, geom, values
+
+
+def write_sequence(frames: np.ndarray, geometry: Volume, path, protect=None, index_values=None,
+                   index_name: str = "time", index_unit: str = "s") -> Path:
+    """Write frames [T, z, y, x] (or [T, y, x]) with the 3D geometry of ``geometry`` as a Slicer
+    volume sequence (``.seq.nrrd``, gzip), atomically; Slicer loads it as a sequence node."""
+    import gzip
+
+    path = Path(path)
+    if not is_sequence_path(path):
+        raise ValueError(f"a sequence is written as {SEQUENCE_SUFFIX}, got {path.name}")
+    for p in ([protect] if isinstance(protect, (str, Path)) else (protect or [])):
+        if _same_file(path, Path(p)) or path.resolve() == Path(p).resolve():
+            raise ValueError(f"refusing to overwrite the input file {p}")
+    a = np.asarray(frames)
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4:
+        raise ValueError(f"expected frames [T, z, y, x], got {a.shape}")
+    if a.dtype == np.float64:
+        a = a.astype(np.float32)
+    if a.dtype not in _NRRD_TYPES:
+        raise ValueError(f"unsupported voxel type {a.dtype} for a sequence")
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        raise ValueError("refusing to write frames containing NaN or inf")
+    t = a.shape[0]
+    d = geometry.direction_matrix()
+    if d.shape != (3, 3):
+        raise ValueError("the sequence geometry must be 3D")
+    sp = np.asarray(geometry.spacing, float)
+    cols = [d[:, j] * sp[j] for j in range(3)]
+    fmt = lambda v: "(" + ",".join(repr(float(x)) for x in v) + ")"  # noqa: E731
+    values = list(range(t)) if index_values is None else list(index_values)
+    if len(values) != t:
+        raise ValueError("one index value per frame is needed")
+    header = "\n".join([
+        "NRRD0005", f"type: {_NRRD_TYPES[a.dtype]}", "dimension: 4", "space: left-posterior-superior",
+        f"sizes: {t} {a.shape[3]} {a.shape[2]} {a.shape[1]}",
+        "space directions: none " + " ".join(fmt(c) for c in cols),
+        "kinds: list domain domain domain", f'labels: "{index_name}" "" "" ""', f'units: "{index_unit}" "" "" ""',
+        "endian: little", "encoding: gzip", "space origin: " + fmt(geometry.origin),
+        "measurement frame: (1,0,0) (0,1,0) (0,0,1)", "DataNodeClassName:=vtkMRMLScalarVolumeNode",
+        "axis 0 index type:=numeric", "axis 0 index values:=" + " ".join(f"{v:g}" for v in values),
+        "axis 0 quantity:=" + index_name, "axis 0 unit:=" + index_unit]) + "\n\n"
+    data = np.ascontiguousarray(np.moveaxis(a, 0, -1)).astype(a.dtype.newbyteorder("<"), copy=False)
+    with atomic_output(path, suffix="-" + path.name) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(header.encode("ascii"))
+            f.write(gzip.compress(data.tobytes(), compresslevel=4))
+    return path
