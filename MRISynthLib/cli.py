@@ -305,8 +305,9 @@ def cmd_recon(a) -> int:
 
 
 def _cine_source(a):
-    """(frames [T, x, y] or [T, z, x, y], geometry Volume or None) from --input: a .seq.nrrd,
-    a cine HDF5 file holding a 'reference' or 'reconstruction', or a built-in phantom."""
+    """(frames [T, x, y] or [T, z, x, y], geometry Volume or None, frame times or None) from
+    --input: a .seq.nrrd, a cine HDF5 file holding a 'reference' or 'reconstruction', or a
+    built-in phantom."""
     from .data.io import is_sequence_path, read_sequence
 
     src = str(a.input)
@@ -315,19 +316,19 @@ def _cine_source(a):
 
         cfg = CineSimConfig(n_siat=0, n_brainweb=0, n_mni=0, n_ring=1 if src == "ring" else 0,
                             pincat=src == "pincat", seed=a.seed)
-        return np.abs(simulate_cine_set(cfg).images[0]).astype(np.float32), None
+        return np.abs(simulate_cine_set(cfg).images[0]).astype(np.float32), None, None
     if is_sequence_path(src):
-        frames, geom, _ = read_sequence(src)
+        frames, geom, times = read_sequence(src)
         if frames.shape[1] == 1:
             frames = frames[:, 0]
-        return frames.astype(np.float32), geom
+        return frames.astype(np.float32), geom, times
     from .data.hdf5 import read_cine
 
     d = read_cine(src)
     ref = d["reference"] if d["reference"] is not None else d["reconstruction"]
     if ref is None:
         raise CLIError(f"{src} holds k-space only; undersample-cine needs fully sampled images")
-    return ref, _geometry_from_attrs(d["attrs"])
+    return ref, _geometry_from_attrs(d["attrs"]), None
 
 
 def _geometry_from_attrs(attrs):
@@ -353,7 +354,7 @@ def cmd_undersample_cine(a) -> int:
     from .data.hdf5 import write_cine
     from .tasks.cine import undersample_cine
 
-    frames, geom = _cine_source(a)
+    frames, geom, _ = _cine_source(a)
     if frames.ndim == 4:
         raise CLIError(f"the series has {frames.shape[1]} slices; cine k-space files hold one slice")
     und = undersample_cine(frames, accel=a.accel, center=a.center, noise=a.noise, seed=a.seed)
@@ -373,9 +374,9 @@ def cmd_cine(a) -> int:
     from .tasks.cine import reconstruct_cine
 
     src = str(a.input)
-    geom, mask = None, None
+    geom, mask, times = None, None, None
     if is_sequence_path(src) or src in ("pincat", "ring"):
-        data, geom = _cine_source(a)
+        data, geom, times = _cine_source(a)
     else:
         d = read_cine(src)
         if d["kspace"] is None:
@@ -386,8 +387,9 @@ def cmd_cine(a) -> int:
                            progress=not a.quiet)
     if is_sequence_path(a.output):
         geom = geom or Volume(np.zeros((1, 1, 1), np.float32))
-        write_sequence(rec, geom, a.output, protect=[src], index_values=np.arange(len(rec)) * a.frame_time,
-                       index_name="time", index_unit="s")
+        if times is None or len(times) != len(rec):
+            times = np.arange(len(rec)) * a.frame_time
+        write_sequence(rec, geom, a.output, protect=[src], index_values=times, index_name="time", index_unit="s")
     elif str(a.output).lower().endswith((".h5", ".hdf5")):
         if Path(a.output).exists() and Path(a.output).resolve() == Path(src).resolve():
             raise CLIError("refusing to overwrite the input file")
@@ -582,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", required=True, help=".seq.nrrd (Slicer sequence) or .h5 ('reconstruction')")
     s.add_argument("--method", choices=["cascade", "seed", "zero-filled"], default="cascade")
     s.add_argument("--accel", type=float, default=5.0, help="retrospective acceleration for image input (default 5)")
-    s.add_argument("--frame-time", type=float, default=0.05, help="seconds between frames in the output (default 0.05)")
+    s.add_argument("--frame-time", type=float, default=0.05, help="seconds between output frames when the input has no frame times (default 0.05)")
     s.add_argument("--gif", help="also write an animated GIF of the reconstruction")
     s.add_argument("--model", default=None, help="model id from the catalog (default: the shipped one)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")

@@ -82,7 +82,8 @@ def figures(out: Path, test, recs, accel):
     montage(rows, out / "cine_example.png", col_titles=["reference"] + [c[0] for c in cols],
             row_titles=["frame 7", "|error| x 5"], robust=False,
             title=f"{test.sources[i]}, R = {accel:g} (PSNR per frame in the table)")
-    cine_gif(None, out / "cine_cycle.gif", panels=[recs["zero-filled"][i], recs["seed"][i], recs["cascade"][i], ref])
+    cine_gif(None, out / "cine_cycle.gif", panels=[recs["zero-filled"][i], recs["seed"][i], recs["cascade"][i], ref],
+             scale=1)
     logs = {p.parent.name: p for p in sorted(Path("runs/cine").glob("*/*_loss.csv"))
             if p.parent.name in ("seed", "cascade_k5_w16")}
     if logs:
@@ -145,6 +146,9 @@ def main():
                             for k in res if k.endswith("/" + method)},
                          "zero_filled": {k.split("/")[0]: round(res[k]["psnr"], 2) for k in res
                                          if k.endswith("/zero-filled")}}
+            if method == "cascade":
+                c.metrics["R5_psnr_first_k_stages"] = {k.rsplit("_", 1)[1]: round(v["psnr"], 2) for k, v in res.items()
+                                                       if "/cascade_first_" in k}
             c.timing = {"cpu_s_per_series_2_threads": round(res[f"R5/{method}"]["s_per_series"], 3)}
         catalog.save_catalog(cards)
         print("catalog metrics updated")
