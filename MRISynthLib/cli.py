@@ -370,7 +370,7 @@ def cmd_cine(a) -> int:
     """Reconstruct a cine: ky-t undersampled k-space from HDF5, or a fully sampled series
     (.seq.nrrd) undersampled retrospectively at --accel; writes .seq.nrrd or HDF5."""
     from .data.hdf5 import read_cine, write_cine
-    from .data.io import Volume, is_sequence_path, write_sequence
+    from .data.io import Volume, check_not_input, is_sequence_path, write_sequence
     from .tasks.cine import reconstruct_cine
 
     src = str(a.input)
@@ -391,8 +391,7 @@ def cmd_cine(a) -> int:
             times = np.arange(len(rec)) * a.frame_time
         write_sequence(rec, geom, a.output, protect=[src], index_values=times, index_name="time", index_unit="s")
     elif str(a.output).lower().endswith((".h5", ".hdf5")):
-        if Path(a.output).exists() and Path(a.output).resolve() == Path(src).resolve():
-            raise CLIError("refusing to overwrite the input file")
+        check_not_input(a.output, src)
         write_cine(a.output, reconstruction=rec, attrs={"method": a.method, **_geometry_attrs(geom)})
     else:
         raise CLIError("write the cine as .seq.nrrd (Slicer sequence) or .h5")

@@ -41,6 +41,7 @@ Splits (:func:`split_of`) are 4:1:2 train/validation/test by source sequence, se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -136,7 +137,7 @@ def deform_sequence(img: np.ndarray, mp: MotionParams, n_frames: int = N_FRAMES)
     out = np.empty((n_frames, h, w), np.complex128)
     for f in range(n_frames):
         s = 1 + mp.contraction * u[f] * wgt
-        ry = mp.resp_amp[0] * np.sin(2 * np.pi * mp.resp_freq * t[f] * 1.0 + mp.resp_phase)
+        ry = mp.resp_amp[0] * np.sin(2 * np.pi * mp.resp_freq * t[f] + mp.resp_phase)
         rx = mp.resp_amp[1] * np.sin(2 * np.pi * mp.resp_freq * t[f] + mp.resp_phase + 1.0)
         fr = warp(img, cy + dy * s - ry, cx + dx * s - rx)
         out[f] = fr * (1 + mp.inflow * u[f] * wgt)
@@ -144,6 +145,7 @@ def deform_sequence(img: np.ndarray, mp: MotionParams, n_frames: int = N_FRAMES)
 
 
 # ----------------------------------------------------------------------------- ring
+@lru_cache(maxsize=1)
 def _load_ring():
     import h5py
 
@@ -302,10 +304,10 @@ def simulate_cine_set(cfg: CineSimConfig = CineSimConfig(), progress: bool = Fal
         params.append(p)
     sources = [s for s, _ in items]
     # PINCAT windows overlap in time: one source for the split
-    bases = sorted({s if not s.startswith("pincat") else "pincat" for s in sources},
-                   key=lambda s: sources.index(s) if s in sources else len(sources))
+    base = ["pincat" if s.startswith("pincat") else s for s in sources]
+    bases = list(dict.fromkeys(base))
     lab = dict(zip(bases, split_of(len(bases), cfg.ratios, cfg.split_seed)))
-    split = np.array([lab["pincat" if s.startswith("pincat") else s] for s in sources])
+    split = np.array([lab[b] for b in base])
     return CineSet(np.stack(series), sources, split, params)
 
 

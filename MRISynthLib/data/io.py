@@ -198,6 +198,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def check_not_input(path, protect) -> None:
+    """ValueError if ``path`` is (or links to) one of ``protect`` (a path or a list of them)."""
+    path = Path(path)
+    for p in ([protect] if isinstance(protect, (str, Path)) else (protect or [])):
+        if _same_file(path, Path(p)) or path.resolve() == Path(p).resolve():
+            raise ValueError(f"refusing to overwrite the input file {p}")
+
+
 def write_volume(vol: Volume, path, protect=None, compress: bool = True) -> Path:
     """Write atomically. 2D images to PNG/JPG are scaled to their 8-bit display range
     unless already uint8. ``protect``: paths that must never be overwritten (the inputs).
@@ -205,9 +213,7 @@ def write_volume(vol: Volume, path, protect=None, compress: bool = True) -> Path
     import SimpleITK as sitk
 
     path = Path(path)
-    for p in ([protect] if isinstance(protect, (str, Path)) else (protect or [])):
-        if _same_file(path, Path(p)) or path.resolve() == Path(p).resolve():
-            raise ValueError(f"refusing to overwrite the input file {p}")
+    check_not_input(path, protect)
     suffix = file_suffix(path)
     if suffix not in IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES:
         raise ValueError(f"unsupported output format {suffix!r}; use one of {IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES}")
@@ -289,9 +295,7 @@ def write_sequence(frames: np.ndarray, geometry: Volume, path, protect=None, ind
     path = Path(path)
     if not is_sequence_path(path):
         raise ValueError(f"a sequence is written as {SEQUENCE_SUFFIX}, got {path.name}")
-    for p in ([protect] if isinstance(protect, (str, Path)) else (protect or [])):
-        if _same_file(path, Path(p)) or path.resolve() == Path(p).resolve():
-            raise ValueError(f"refusing to overwrite the input file {p}")
+    check_not_input(path, protect)
     a = np.asarray(frames)
     if a.ndim == 3:
         a = a[:, None]

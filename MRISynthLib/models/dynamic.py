@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..physics.fourier import fftnc, ifftnc
+from .unrolled import pad_to_multiple
 
 
 def to_hybrid(x):
@@ -119,9 +120,7 @@ class FrameUNet(nn.Module):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        m = 2 ** self.levels
-        ph, pw = (-h) % m, (-w) % m
-        y = F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+        y = pad_to_multiple(x, 2 ** self.levels)
         skips = []
         for blk in self.down:
             y = blk(y)

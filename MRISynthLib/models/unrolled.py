@@ -50,6 +50,13 @@ class ResNetDenoiser(nn.Module):
         return x + self.tail(h)
 
 
+def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Zero-pad the last two axes at the end up to multiples of ``m`` (crop back with [..., :h, :w])."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
 class UNetDenoiser(nn.Module):
     """Seed-004 U-Net: 3 levels, max-pool down, bilinear upsampling + 1x1 conv up."""
 
@@ -78,9 +85,7 @@ class UNetDenoiser(nn.Module):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        m = 2 ** self.levels
-        ph, pw = (-h) % m, (-w) % m
-        y = F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+        y = pad_to_multiple(x, 2 ** self.levels)
         skips = []
         for blk in self.down:
             y = blk(y)

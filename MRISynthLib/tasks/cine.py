@@ -84,10 +84,11 @@ def undersample_cine(images: np.ndarray, accel: float = 5.0, center: int = 11, n
 
 def _series(k: np.ndarray, mask: np.ndarray, net, dev, **net_kw) -> np.ndarray:
     """One single-coil series, k-space (T, kx, ky) -> complex image (T, x, y)."""
+    from ..models.dynamic import from_hybrid
     from ..physics.fourier import ifftnc
 
     hyb = ifftnc(k, (-2,))                     # (x, ky): the networks' hybrid space
-    zf = ifftnc(hyb, (-1,))
+    zf = from_hybrid(hyb)
     s = float(np.abs(zf).max()) or 1.0
     if net is None:
         return zf

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..data.cine import CineSet
 from ..metrics import psnr, ssim
-from ..models.dynamic import DynamicConfig, build_dynamic, to_hybrid
+from ..models.dynamic import DynamicConfig, build_dynamic, from_hybrid, to_hybrid
 from ..physics.masks import variable_density_kt
 from .common import resume, save_ckpt, start_run
 
@@ -65,10 +65,11 @@ def kt_mask(frames: int, ny: int, accel: float, seed: int) -> np.ndarray:
     return variable_density_kt(frames, ny, accel, n_center=N_CENTER, seed=seed).array.astype(np.float32)
 
 
-def undersample(images: np.ndarray, mask: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Hybrid k-space (x, ky) of a (..., T, H, W) series, noisy, zero where unsampled."""
+def undersample(images: np.ndarray, mask: np.ndarray, noise, rng: np.random.Generator) -> np.ndarray:
+    """Hybrid k-space (x, ky) of a (..., T, H, W) series, noisy, zero where unsampled;
+    ``noise`` a standard deviation, or one per series broadcastable to the k-space."""
     k = to_hybrid(torch.from_numpy(np.ascontiguousarray(images, np.complex64))).numpy()
-    if noise > 0:
+    if np.any(noise):
         k = k + (noise / np.sqrt(2)) * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape))
     return (k * mask[..., :, None, :]).astype(np.complex64)
 
@@ -90,10 +91,7 @@ def make_batch(imgs: np.ndarray, tc: CineTrainConfig, rng: np.random.Generator):
         out_m.append(kt_mask(t, w, float(rng.choice(tc.accels)), int(rng.integers(2 ** 31))))
     x = np.stack(out_x).astype(np.complex64)
     m = np.stack(out_m)
-    noise = rng.uniform(0, tc.noise, size=(b, 1, 1, 1))
-    k0 = undersample(x, m, 0.0, rng)
-    k0 = k0 + (noise / np.sqrt(2) * (rng.standard_normal(k0.shape) + 1j * rng.standard_normal(k0.shape))
-               * m[:, :, None, :]).astype(np.complex64)
+    k0 = undersample(x, m, rng.uniform(0, tc.noise, size=(b, 1, 1, 1)), rng)
     return torch.from_numpy(k0), torch.from_numpy(m), torch.from_numpy(x)
 
 
@@ -138,8 +136,6 @@ def summarize(recs: np.ndarray, refs: np.ndarray) -> Dict[str, float]:
 
 
 def zero_filled(k0: np.ndarray) -> np.ndarray:
-    from ..models.dynamic import from_hybrid
-
     return from_hybrid(torch.from_numpy(k0)).numpy()
 
 
