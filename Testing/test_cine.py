@@ -10,7 +10,7 @@ from MRISynthLib.data.cine import (CineSimConfig, MotionParams, deform_sequence,
 from MRISynthLib.data.hdf5 import read_cine, write_cine
 from MRISynthLib.data.io import Volume, read_sequence, write_sequence
 from MRISynthLib.models.dynamic import (CineCascade, DynamicConfig, SeedDynamicNet, build_dynamic,
-                                        data_consistency, from_hybrid, to_hybrid)
+                                        data_consistency, to_hybrid)
 from MRISynthLib.physics.fourier import fft2c, ifft2c
 from MRISynthLib.physics.masks import variable_density_kt
 from MRISynthLib.tasks.cine import reconstruct_cine, undersample_cine
