@@ -49,7 +49,7 @@ def ensureDependencies(askUser=True):
     pip with Resources/requirements.txt (>= bounds), never replacing Slicer's SimpleITK.
     """
     missing = []
-    for mod in ("torch", "h5py", "safetensors", "tqdm", "scipy"):
+    for mod in ("torch", "h5py", "safetensors", "tqdm", "scipy", "zuko"):
         try:
             __import__(mod)
         except ImportError:

@@ -292,7 +292,8 @@ def cmd_recon(a) -> int:
     k, mask, maps, attrs = read_kspace_file(a.input)
     t0 = time.time()
     img = reconstruct(k, mask=mask, maps=None if a.estimate_maps else maps, method=a.method, lamda=a.lamda,
-                      iters=a.iters, model=a.model, device=a.device, progress=not a.quiet)
+                      iters=a.iters, model=a.model, device=a.device, progress=not a.quiet, beta=a.beta,
+                      flow_variant=a.flow_variant)
     geo = {}
     if "spacing" in attrs:
         geo = {"spacing": tuple(np.asarray(attrs["spacing"]).tolist()), "origin": tuple(np.asarray(attrs["origin"]).tolist()),
@@ -554,11 +555,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", "-i", required=True, help="HDF5 k-space file")
     s.add_argument("--output", "-o", required=True, help="magnitude volume to write")
     s.add_argument("--phase", help="also write the phase (radians) here")
-    s.add_argument("--method", choices=["zero-filled", "cg-sense", "cs", "unrolled"], default="cs")
-    s.add_argument("--model", default=None, help="unrolled: a model id from the catalog (default: the shipped one)")
-    s.add_argument("--device", default="auto", help="unrolled: auto, cpu, cuda, cuda:N (default auto)")
-    s.add_argument("--lamda", type=float, help="regularisation weight (default 0.01 CG-SENSE, 0.002 CS)")
-    s.add_argument("--iters", type=int, help="iterations (default 30 CG-SENSE, 100 CS)")
+    s.add_argument("--method", choices=["zero-filled", "cg-sense", "cs", "unrolled", "flow"], default="cs")
+    s.add_argument("--model", default=None, help="unrolled, flow: a model id from the catalog (default: the shipped "
+                                                 "one)")
+    s.add_argument("--device", default="auto", help="unrolled, flow: auto, cpu, cuda, cuda:N (default auto)")
+    s.add_argument("--lamda", type=float, help="regularisation weight (default 0.01 CG-SENSE, 0.002 CS; flow: the "
+                                               "L1 weight tuned for the model)")
+    s.add_argument("--beta", type=float, help="flow: weight of -log p(G(z)) (default: tuned for the model)")
+    s.add_argument("--flow-variant", choices=["l1+logprob", "l1", "logprob"],
+                   help="flow: objective (default: the variant tuned as best for the model)")
+    s.add_argument("--iters", type=int, help="iterations (default 30 CG-SENSE, 100 CS, flow: tuned for the model)")
     s.add_argument("--estimate-maps", action="store_true", help="estimate coil maps even if the file has them")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_recon)

@@ -23,12 +23,14 @@ def _plt():
 def montage(images: Sequence[Sequence[np.ndarray]], path, row_titles: Optional[Sequence[str]] = None,
             col_titles: Optional[Sequence[str]] = None, title: Optional[str] = None,
             cmaps: Optional[Sequence[str]] = None, panel_inches: float = 2.4,
-            robust: bool = True, panel_titles: Optional[dict] = None) -> Path:
+            robust: bool = True, panel_titles: Optional[dict] = None,
+            row_limits: Optional[Sequence[Optional[tuple]]] = None) -> Path:
     """Save a grid of 2D images (rows x columns) as a PNG, written atomically.
 
     Each panel is windowed from min(0, its minimum) to its 99.9th percentile when
     ``robust`` (else min-max); ``cmaps`` gives one colour map per column (default grey);
-    ``panel_titles`` maps (row, column) to a title above that panel.
+    ``panel_titles`` maps (row, column) to a title above that panel; ``row_limits`` gives a
+    fixed (low, high) window per row (None: per panel as above), so panels compare.
     """
     plt = _plt()
     nr, nc = len(images), max(len(r) for r in images)
@@ -43,7 +45,10 @@ def montage(images: Sequence[Sequence[np.ndarray]], path, row_titles: Optional[S
             if j >= len(row) or row[j] is None:
                 continue
             img = np.asarray(row[j], float)
-            lo, hi = (min(0.0, img.min()), np.percentile(img, 99.9)) if robust else (img.min(), img.max())
+            if row_limits and i < len(row_limits) and row_limits[i] is not None:
+                lo, hi = row_limits[i]
+            else:
+                lo, hi = (min(0.0, img.min()), np.percentile(img, 99.9)) if robust else (img.min(), img.max())
             if hi <= lo:
                 hi = lo + 1
             ax.imshow(img, cmap=(cmaps[j] if cmaps else "gray"), vmin=lo, vmax=hi, interpolation="nearest")

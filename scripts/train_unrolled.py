@@ -3,6 +3,7 @@
 
     python scripts/train_unrolled.py --denoiser resnet --accel 4 --mask vd1d --scale 0.5 --steps 2000
     python scripts/train_unrolled.py --denoiser unet --loss unsupervised ...
+    python scripts/train_unrolled.py --flow-regime --bits 4 --center 6 --steps 1500   # the flow prior's data
 
 Training slices 0-149, validation 150-159 (test slices 160-199 are never touched here).
 Checkpoints and the loss log go to --out; re-running resumes. ``--export MODEL_ID`` ships
@@ -34,6 +35,9 @@ def main():
     ap.add_argument("--snr", type=float, default=40.0)
     ap.add_argument("--scale", type=float, default=0.5, help="resize factor (0.25 = the seed's quarter scale)")
     ap.add_argument("--bits", type=int, default=None, help="bit scaling of the magnitude (4 or 8)")
+    ap.add_argument("--center", type=int, default=None, help="fully sampled centre lines (default: the mask's)")
+    ap.add_argument("--flow-regime", action="store_true",
+                    help="train on the flow prior's data: real 80x64 magnitudes quantised to --bits (ignores --scale)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -42,12 +46,19 @@ def main():
     ap.add_argument("--export", metavar="MODEL_ID", help="ship the trained weights under this catalog id")
     a = ap.parse_args()
     mc = MulticoilConfig(n_coils=a.coils, snr=a.snr, mask_kind=a.mask, accel=a.accel, bits=a.bits, scale=a.scale,
-                         seed=a.seed)
+                         center=a.center, seed=a.seed)
     tr, va, _ = siat_split(mc)
-    train = simulate_multicoil(load_siat(tr), mc)
-    val = simulate_multicoil(load_siat(va), MulticoilConfig(**{**mc.__dict__, "seed": a.seed + 1}))
+    if a.flow_regime:
+        from MRISynthLib.training.flow import FLOW_SIZE, flow_multicoil
+        kw = dict(accel=a.accel, mask_kind=a.mask, center=6 if a.center is None else a.center, n_coils=a.coils,
+                  snr=a.snr)
+        train, val = flow_multicoil(tr, a.bits, seed=a.seed, **kw), flow_multicoil(va, a.bits, seed=a.seed + 1, **kw)
+        out = Path(a.out) / f"flow{FLOW_SIZE[0]}x{FLOW_SIZE[1]}_{a.bits}bit_{a.mask}_R{a.accel:g}"
+    else:
+        train = simulate_multicoil(load_siat(tr), mc)
+        val = simulate_multicoil(load_siat(va), MulticoilConfig(**{**mc.__dict__, "seed": a.seed + 1}))
+        out = Path(a.out) / f"{a.mask}_R{a.accel:g}_s{a.scale:g}"
     cfg = UnrolledConfig(denoiser=a.denoiser, unrolls=a.unrolls, shared=not a.separate, width=a.width)
-    out = Path(a.out) / f"{a.mask}_R{a.accel:g}_s{a.scale:g}"
     net = train_unrolled(cfg, train, out, UnrolledTrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, loss=a.loss,
                                                               seed=a.seed, threads=a.threads), val=val)
     print(f"checkpoints and loss log in {out}")
@@ -58,9 +69,12 @@ def main():
             a.export, "recon", cfg.to_dict(), net.state_dict(),
             citation="Deep basis pursuit / MoDL-style unrolling (Tamir et al. 2019, Aggarwal et al. 2019); "
                      "SIAT complex head slices",
-            training={"data": f"SIAT slices 0-149, {a.coils} birdcage coils, SNR {a.snr:g}, {a.mask} R={a.accel:g}, "
-                              f"resize {a.scale:g}" + (f", {a.bits}-bit" if a.bits else ""),
-                      "mask_kind": a.mask, "acceleration": a.accel, "loss": a.loss, "steps": a.steps,
+            training={"data": f"SIAT slices 0-149{' magnitude' if a.flow_regime else ''}, {a.coils} birdcage coils, "
+                              f"SNR {a.snr:g}, {a.mask} R={a.accel:g}, "
+                              + ("80x64" if a.flow_regime else f"resize {a.scale:g}")
+                              + (f", {a.bits}-bit" if a.bits else ""),
+                      "mask_kind": a.mask, "acceleration": a.accel,
+                      **({"regime": "flow80x64"} if a.flow_regime else {}), "loss": a.loss, "steps": a.steps,
                       "batch": a.batch, "lr": a.lr, "device": "cpu"},
             description=f"Unrolled {a.denoiser} denoiser + CG data consistency, {cfg.unrolls} unrolls")
         print(f"shipped {card.weights} (sha256 {card.sha256[:12]}...)")

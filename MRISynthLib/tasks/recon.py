@@ -9,8 +9,11 @@ comes back with it.
 :func:`reconstruct` runs one method on k-space [slices, coils, kx, ky]: ``zero-filled``
 (adjoint with maps, else RSS), ``cg-sense``, ``cs`` (L1-wavelet) and ``unrolled`` (a
 catalog network, :mod:`MRISynthLib.models.unrolled`; each slice scaled like its training
-data, zero-filled 99th percentile = 1). Maps are estimated from the auto-calibration
-region when not given; the mask is taken from the non-zero k-space samples when not given.
+data, zero-filled 99th percentile = 1) and ``flow`` (optimisation over the latent of a
+normalizing-flow image prior, :mod:`MRISynthLib.recon.flow`; the variant and the weights
+lambda, beta default to the ones tuned for the model and stored in its catalog card).
+Maps are estimated from the auto-calibration region when not given; the mask is taken
+from the non-zero k-space samples when not given.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from ..physics.sense import birdcage_maps, sense_forward
 from ..recon import classical as C
 from . import Cancelled
 
-METHODS = ("zero-filled", "cg-sense", "cs", "unrolled")
+METHODS = ("zero-filled", "cg-sense", "cs", "unrolled", "flow")
 
 
 def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[float] = None):
@@ -36,12 +39,47 @@ def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[floa
     from ..models.unrolled import UnrolledConfig, UnrolledNet
 
     if model is None:
-        cands = shipped_models("recon", "unrolled reconstruction")
+        # the default skips models trained for a special regime (the flow comparison's 80 x 64 magnitudes)
+        cands = [c for c in shipped_models("recon", "unrolled reconstruction") if not c.training.get("regime")]
         if accel:
             cands.sort(key=lambda c: abs(np.log(float(c.training.get("acceleration", 4.0)) / accel)))
         model = cands[0].id
     card = get_card(model)
     return load_network(card, lambda arch: UnrolledNet(UnrolledConfig(**arch)), device), card
+
+
+def load_flow(model: Optional[str] = None, device=None, bits: Optional[int] = None):
+    """A catalog flow prior (cached per device). Without ``model``: the shipped one for
+    ``bits`` (the 8-bit one when not given: it fits images that are not quantised)."""
+    from ..catalog import get_card, load_network, shipped_models
+    from ..models.flow import FlowConfig, ImageFlow
+
+    if model is None:
+        cands = shipped_models("recon-flow", "flow prior")
+        want = bits or 8
+        cands.sort(key=lambda c: abs(int(c.training.get("bits", 8)) - want))
+        model = cands[0].id
+    card = get_card(model)
+    return load_network(card, lambda arch: ImageFlow(FlowConfig(**arch)), device), card
+
+
+def flow_solver_config(tuned: dict, lamda: Optional[float] = None, beta: Optional[float] = None,
+                       iters: Optional[int] = None, variant: str = "l1+logprob"):
+    """Solver settings: the defaults, then ``tuned`` (a model card's ``training['solver']``;
+    its ``beta_logprob`` is the beta tuned for the log-prob-only variant), then the
+    arguments that are given."""
+    from dataclasses import fields
+
+    from ..recon.flow import FlowSolverConfig
+
+    names = {f.name for f in fields(FlowSolverConfig)}
+    cfg = {**FlowSolverConfig().to_dict(), **{k: v for k, v in tuned.items() if k in names}}
+    if variant == "logprob" and "beta_logprob" in tuned:
+        cfg["beta"] = tuned["beta_logprob"]
+    for key, v in dict(lamda=lamda, beta=beta, iters=iters).items():
+        if v is not None:
+            cfg[key] = v
+    return FlowSolverConfig(**cfg)
 
 
 def undersample_volume(images: np.ndarray, mask_kind: str = "vd1d", accel: float = 4.0, n_coils: int = 8,
@@ -77,8 +115,12 @@ def undersample_volume(images: np.ndarray, mask_kind: str = "vd1d", accel: float
 def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Optional[np.ndarray] = None,
                 method: str = "cs", lamda: Optional[float] = None, iters: Optional[int] = None,
                 model=None, device=None, progress: bool = False, cancel: Optional[Callable[[], bool]] = None,
-                progress_callback: Optional[Callable[[float], None]] = None) -> np.ndarray:
-    """Reconstruct k-space [slices, coils, kx, ky] (or [coils, kx, ky]) -> complex (slices, x, y)."""
+                progress_callback: Optional[Callable[[float], None]] = None, beta: Optional[float] = None,
+                flow_variant: Optional[str] = None, batch: int = 8) -> np.ndarray:
+    """Reconstruct k-space [slices, coils, kx, ky] (or [coils, kx, ky]) -> complex (slices, x, y).
+
+    ``flow``: ``lamda``/``beta``/``iters``/``flow_variant`` override the model's tuned
+    settings; ``batch`` slices are solved together."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     k = np.asarray(kspace)
@@ -102,6 +144,14 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
             maps = np.broadcast_to(maps, (s,) + maps.shape)
         if maps.shape != k.shape:
             raise ValueError(f"maps {maps.shape} must match k-space {k.shape}")
+    for name, v in (("lamda", lamda), ("beta", beta)):
+        if v is not None and not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    if iters is not None and iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    if method == "flow":
+        return _reconstruct_flow(k, mask, maps, lamda, beta, iters, flow_variant, model, device, progress, cancel,
+                                 progress_callback, batch)
     out = np.zeros((s, nx, ny), np.complex64)
     if method == "unrolled":
         from ..models.unrolled import UnrolledNet
@@ -133,4 +183,35 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
         out[i] *= scale
         if progress_callback is not None:
             progress_callback((i + 1) / s)
+    return out
+
+
+def _reconstruct_flow(k, mask, maps, lamda, beta, iters, variant, model, device, progress, cancel,
+                      progress_callback, batch):
+    from ..models.flow import ImageFlow
+    from ..recon.flow import flow_reconstruct
+
+    tuned = {}
+    if isinstance(model, ImageFlow):
+        net = model
+    else:
+        net, card = load_flow(model, device)
+        tuned = card.training.get("solver", {})
+        variant = variant or card.training.get("solver_variant")
+    variant = variant or "l1+logprob"
+    solver = flow_solver_config(tuned, lamda, beta, iters, variant)
+    s = k.shape[0]
+    if maps is None:
+        maps = np.stack([C.estimate_maps(k[i], mask if mask.ndim == 2 else mask[i]) for i in range(s)])
+    masks = np.broadcast_to(mask, (s,) + k.shape[-2:])
+    out = np.zeros((s,) + k.shape[-2:], np.complex64)
+    for i0 in range(0, s, batch):
+        sl = slice(i0, min(s, i0 + batch))
+        n = sl.stop - sl.start
+
+        def cb(f, i0=i0, n=n):
+            if progress_callback is not None:
+                progress_callback((i0 + f * n) / s)
+        out[sl] = flow_reconstruct(net, k[sl], maps[sl], masks[sl], variant, solver, progress=progress,
+                                   cancel=cancel, progress_callback=cb)
     return out
