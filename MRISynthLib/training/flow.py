@@ -101,8 +101,8 @@ def validate_bpd(flow: ImageFlow, images: np.ndarray, bits: int, seed: int = 1, 
 def train_flow(cfg: FlowConfig, train: np.ndarray, out_dir, tc: FlowTrainConfig,
                val: Optional[np.ndarray] = None, progress: bool = True) -> ImageFlow:
     """Maximum likelihood on dequantized images; Adam with warm-up then cosine decay;
-    left-right flips (of the first image axis, the heads' left-right); resumable from ``out_dir``; loss log ``flow_loss.csv`` (step,
-    train bits/dim, validation bits/dim)."""
+    left-right flips (of the first image axis, the heads' left-right); resumable from
+    ``out_dir``; loss log ``flow_loss.csv`` (step, train bits/dim, validation bits/dim)."""
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     flow = ImageFlow(cfg)
     opt = torch.optim.Adam(flow.parameters(), lr=tc.lr)
