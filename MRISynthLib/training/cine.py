@@ -34,7 +34,7 @@ from ..data.cine import CineSet
 from ..metrics import psnr, ssim
 from ..models.dynamic import DynamicConfig, build_dynamic, from_hybrid, to_hybrid
 from ..physics.masks import variable_density_kt
-from .common import resume, save_ckpt, start_run
+from .common import log_step, resume, save_ckpt, start_run
 
 TEST_NOISE = 0.005
 N_CENTER = 11
@@ -201,10 +201,7 @@ def train_cine(cfg: DynamicConfig, data: CineSet, out_dir, tc: CineTrainConfig, 
                     sched_state["bad"] += 1
                     if tc.schedule == "plateau" and sched_state["bad"] >= 3:
                         sched_state.update(lr=sched_state["lr"] * 0.5, bad=0)
-            wr.writerow(row)
-            if (step + 1) % tc.ckpt_every == 0:
-                save(step + 1)
-                log.flush()
+            log_step(wr, log, row, step, tc.ckpt_every, save)
         step = max(start, tc.steps)
     finally:
         save(step)

@@ -1,4 +1,5 @@
-"""Helpers shared by the trainers: run set-up, checkpoint save (atomic) and resume."""
+"""Helpers shared by the trainers: run set-up, checkpoint save (atomic), resume and the
+per-step log/checkpoint cadence."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,3 +32,12 @@ def resume(ckpt: Path, module: torch.nn.Module, opt) -> int:
     module.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
     return int(st["step"])
+
+
+def log_step(writer, log, row, step: int, every: int, save) -> None:
+    """Write one loss-log row; every ``every`` steps save a checkpoint (``save(step + 1)``)
+    and flush the log, so a killed run loses at most ``every`` steps and its log agrees."""
+    writer.writerow(row)
+    if (step + 1) % every == 0:
+        save(step + 1)
+        log.flush()

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.flow import FlowConfig, ImageFlow
-from .common import resume, save_ckpt, start_run
+from .common import log_step, resume, save_ckpt, start_run
 
 FLOW_SIZE = (80, 64)
 
@@ -142,10 +142,7 @@ def train_flow(cfg: FlowConfig, train: np.ndarray, out_dir, tc: FlowTrainConfig,
             if val is not None and (step + 1) % tc.val_every == 0:
                 row[2] = f"{validate_bpd(flow, val, tc.bits):.5f}"
                 bar.set_postfix(val_bpd=row[2])
-            wr.writerow(row)
-            if (step + 1) % tc.ckpt_every == 0:
-                save(step + 1)
-                log.flush()
+            log_step(wr, log, row, step, tc.ckpt_every, save)
         step = max(start, tc.steps)
     finally:
         save(step)

@@ -43,7 +43,7 @@ from ..models.quantitative import QuantConfig, QuantMaps, QuantNet, encode_acqui
 from ..physics.phantoms import Phantom, add_noise, bias_field, brainweb_phantom, mni152_phantom
 from ..physics.signal import SequenceParams
 from ..physics.tissues import get_table, jitter_table
-from .common import resume, save_ckpt, start_run
+from .common import log_step, resume, save_ckpt, start_run
 
 DEFAULT_SEQ = SequenceParams("se", 0.05, 4.5)
 LOSS_PARTS = ("render", "frac", "pd", "bias", "relax", "g")
@@ -281,10 +281,8 @@ def train_quantitative(cfg: QuantConfig, out_dir, tc: QuantTrainConfig, fraction
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
-            wr.writerow([step, f"{loss.item():.6g}"] + [f"{parts[k]:.5g}" for k in LOSS_PARTS])
-            if (step + 1) % tc.ckpt_every == 0:
-                save(step + 1)
-                log.flush()
+            row = [step, f"{loss.item():.6g}"] + [f"{parts[k]:.5g}" for k in LOSS_PARTS]
+            log_step(wr, log, row, step, tc.ckpt_every, save)
         step = max(start, tc.steps)
     finally:
         save(step)

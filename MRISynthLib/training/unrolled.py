@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..models.unrolled import UnrolledConfig, UnrolledNet
 from ..physics.sense import sense_forward
-from .common import resume, save_ckpt, start_run
+from .common import log_step, resume, save_ckpt, start_run
 
 
 @dataclass
@@ -90,10 +90,7 @@ def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, t
             row = [step, f"{loss.item():.6g}", f"{net.mu.item():.4g}", ""]
             if val is not None and (step + 1) % tc.val_every == 0:
                 row[3] = f"{validate(net, val):.4f}"
-            wr.writerow(row)
-            if (step + 1) % tc.ckpt_every == 0:
-                save(step + 1)
-                log.flush()
+            log_step(wr, log, row, step, tc.ckpt_every, save)
         step = max(start, tc.steps)
     finally:
         save(step)
