@@ -32,7 +32,7 @@ from MRISynthLib.metrics import nrmse, psnr, ssim  # noqa: E402
 from MRISynthLib.models.flow import FlowConfig, ImageFlow  # noqa: E402
 from MRISynthLib.recon import classical as C  # noqa: E402
 from MRISynthLib.recon.flow import FlowSolverConfig, flow_reconstruct  # noqa: E402
-from MRISynthLib.tasks.recon import flow_solver_config  # noqa: E402
+from MRISynthLib.tasks.recon import flow_solver_config, load_flow, load_unrolled  # noqa: E402
 from MRISynthLib.training.flow import flow_multicoil, validate_bpd, siat_magnitudes  # noqa: E402
 
 
@@ -101,7 +101,6 @@ def main():
     torch.set_num_threads(2)
     card = None
     if a.model:
-        from MRISynthLib.tasks.recon import load_flow
         flow, card = load_flow(a.model, "cpu")
         bits = a.bits or int(card.training["bits"])
         stored = card.training.get("solver", {})
@@ -135,7 +134,6 @@ def main():
                                          for i in range(a.n)]),
         "L1-wavelet CS": lambda: cs(d, cs_lamda),
     }
-    from MRISynthLib.tasks.recon import load_unrolled
     from MRISynthLib.training.unrolled import normalise
     for mid in a.unrolled:
         net, _ = load_unrolled(mid, "cpu")

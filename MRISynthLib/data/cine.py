@@ -240,7 +240,7 @@ def split_of(n: int, ratios=(4, 1, 2), seed: int = 0) -> np.ndarray:
     return lab[np.random.default_rng(seed).permutation(n)]
 
 
-def _anatomy_images(name: str, n: int, size: int, rng: np.random.Generator) -> List[np.ndarray]:
+def anatomy_images(name: str, n: int, size: int, rng: np.random.Generator) -> List[np.ndarray]:
     from ..physics.phantoms import render_fractions
     from ..physics.signal import SequenceParams
     from ..training.quantitative import load_anatomy, slice_fractions
@@ -274,7 +274,7 @@ def simulate_cine_set(cfg: CineSimConfig = CineSimConfig(), progress: bool = Fal
             items.append((f"siat:{i}", kspace_resize(im, cfg.size)))
     for name, n in (("brainweb", cfg.n_brainweb), ("mni152", cfg.n_mni)):
         if n:
-            for j, im in enumerate(_anatomy_images(name, n, cfg.size, rng)):
+            for j, im in enumerate(anatomy_images(name, n, cfg.size, rng)):
                 items.append((f"{name}:{j}", im))
     for j in range(cfg.n_ring):
         items.append((f"ring:{j}", None))

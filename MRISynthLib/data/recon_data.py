@@ -41,13 +41,16 @@ def bit_scale(images: np.ndarray, bits: int) -> np.ndarray:
     return (q * np.exp(1j * np.angle(images))).astype(np.complex64)
 
 
-def area_resize(x: np.ndarray, scale: float) -> np.ndarray:
-    """Area interpolation of (..., H, W) complex or real data (real/imag separately)."""
+def area_resize(x: np.ndarray, scale: Optional[float] = None, size: Optional[tuple] = None) -> np.ndarray:
+    """Area interpolation of (..., H, W) complex or real data (real/imag separately) by
+    ``scale`` or to ``size`` (H', W')."""
     import torch
     import torch.nn.functional as F
 
     h, w = x.shape[-2:]
-    size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    if size is None:
+        size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    size = tuple(int(v) for v in size)
 
     def go(r):
         t = torch.from_numpy(np.ascontiguousarray(r.reshape((-1, 1, h, w)), dtype=np.float32))

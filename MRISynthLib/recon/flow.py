@@ -53,16 +53,10 @@ def weights_for(variant: str, cfg: FlowSolverConfig):
 
 
 def _centre_mask(mask: np.ndarray) -> np.ndarray:
-    """The fully sampled central phase-encode lines of a (H, W) mask (at least one)."""
-    cols = mask.max(0) > 0
-    c = mask.shape[1] // 2
-    lo = hi = c
-    while lo - 1 >= 0 and cols[lo - 1]:
-        lo -= 1
-    while hi + 1 < len(cols) and cols[hi + 1]:
-        hi += 1
+    """The mask restricted to its fully sampled block around the k-space centre."""
+    sx, sy = C.acs_region(mask, mask.shape)
     out = np.zeros_like(mask)
-    out[:, lo:hi + 1] = mask[:, lo:hi + 1]
+    out[sx, sy] = mask[sx, sy]
     return out
 
 

@@ -26,20 +26,18 @@ FLOW_SIZE = (80, 64)
 
 def resize_magnitude(images: np.ndarray, size: Tuple[int, int] = FLOW_SIZE) -> np.ndarray:
     """|images| (N, H, W) area-resized to ``size``."""
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.abs(np.asarray(images)).astype(np.float32))[:, None]
-    return F.interpolate(t, size=size, mode="area")[:, 0].numpy()
+    from ..data.recon_data import area_resize
+    return area_resize(np.abs(np.asarray(images)).astype(np.float32), size=size)
 
 
 def quantise(images: np.ndarray, bits: Optional[int]) -> np.ndarray:
     """Per image: max -> 1, then (if ``bits``) rounded to 2^bits - 1 steps; float32 in [0, 1]."""
+    from ..data.recon_data import bit_scale
+
     x = np.asarray(images, np.float32)
-    x = x / np.maximum(x.reshape(len(x), -1).max(1), 1e-12)[:, None, None]
     if bits:
-        levels = 2 ** bits - 1
-        x = np.round(x * levels) / levels
-    return x.astype(np.float32)
+        return bit_scale(x, bits).real.astype(np.float32)
+    return (x / np.maximum(x.reshape(len(x), -1).max(1), 1e-12)[:, None, None]).astype(np.float32)
 
 
 def siat_magnitudes(indices, bits: Optional[int], size=FLOW_SIZE) -> np.ndarray:
@@ -49,9 +47,9 @@ def siat_magnitudes(indices, bits: Optional[int], size=FLOW_SIZE) -> np.ndarray:
 
 def brainweb_magnitudes(n: int, bits: Optional[int], size=FLOW_SIZE, seed: int = 0) -> np.ndarray:
     """``n`` BrainWeb slices at random spin-echo contrasts (as the cine simulator draws them)."""
-    from ..data.cine import _anatomy_images
+    from ..data.cine import anatomy_images
 
-    imgs = _anatomy_images("brainweb", n, 2 * size[0], np.random.default_rng(seed))
+    imgs = anatomy_images("brainweb", n, 2 * size[0], np.random.default_rng(seed))
     return quantise(resize_magnitude(np.stack(imgs), size), bits)
 
 
