@@ -40,6 +40,56 @@ class MRISynth(ScriptedLoadableModule):
             "<a href='https://github.com/mrisynth/SlicerMRISynth'>the documentation</a>.")
         self.parent.acknowledgementText = (
             "Trained on the BrainWeb brain model (Cocosco et al. 1997) as shipped by MRiLab (Liu et al. 2017).")
+        # sample data appear in the Sample Data module once the application has started
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+SAMPLE_CATEGORY = "MRISynth"
+
+
+def registerSampleData():
+    """Register the shipped samples (MRISynthLib/Resources/sample_data) with Sample Data.
+
+    Sample Data copies each file into Slicer's cache and checks its SHA256. Clicking a volume
+    loads it with its TE/TR recorded on the node; the k-space file is set as the
+    reconstruction input of this module's panel.
+    """
+    import SampleData
+    from MRISynthLib.sampledata import load_samples  # json and paths only: works before torch is installed
+
+    if not hasattr(slicer.modules, "sampleDataSources"):
+        slicer.modules.sampleDataSources = {}
+    sources = slicer.modules.sampleDataSources.setdefault(SAMPLE_CATEGORY, [])
+    for s in load_samples().values():
+        source = SampleData.SampleDataSource(
+            sampleName=s.name, sampleDescription=s.title, uris=s.uri(), fileNames=s.file,
+            nodeNames=s.name if s.kind == "volume" else None, checksums=s.checksum(),
+            loadFiles=s.kind == "volume", thumbnailFileName=str(s.thumbnail_path()),
+            customDownloader=lambda source, name=s.name: loadSample(name))
+        if not SampleData.SampleDataLogic.isSampleDataSourceRegistered(SAMPLE_CATEGORY, source):
+            sources.append(source)
+
+
+def loadSample(name):
+    """Fetch an MRISynth sample through Sample Data (cache + SHA256 check). A volume sample is
+    loaded with its TE/TR recorded on the node and returned; for the k-space sample the file
+    path is returned and set as the reconstruction input of the module's parameter node."""
+    import SampleData
+    from MRISynthLib.mrml import set_acquisition
+    from MRISynthLib.sampledata import load_samples
+
+    s = load_samples()[name]
+    got = SampleData.SampleDataLogic().downloadFromURL(
+        uris=s.uri(), fileNames=s.file, nodeNames=s.name if s.kind == "volume" else None,
+        checksums=s.checksum(), loadFiles=s.kind == "volume")
+    if not got:
+        raise RuntimeError(f"loading the sample {name} failed (see the log)")
+    if s.kind == "volume":
+        set_acquisition(got[0], s.acquisition)
+        return got[0]
+    p = MRISynthLogic().getParameterNode()
+    p.task, p.reconSource, p.kspaceFile = TASK_RECON, RECON_FROM_FILE, pathlib.Path(got[0])
+    return got[0]
 
 
 def ensureDependencies(askUser=True):
@@ -217,12 +267,12 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.toolTip = problem or APPLY_TIPS.get(p.task, "")
 
     def onInputChanged(self, node):
-        # input TE/TR from the DICOM header when the volume came from DICOM
+        # input TE/TR recorded on the node (samples, MRISynth outputs) or in its DICOM header
         acq = MRISynthLogic.acquisitionFromNode(node) if node else {}
         if acq.get("te") and acq.get("tr") and self._parameterNode:
             self._parameterNode.inputTE = acq["te"]
             self._parameterNode.inputTR = acq["tr"]
-            self.log(f"input TE/TR from the DICOM header: {acq['te'] * 1e3:g} / {acq['tr'] * 1e3:g} ms")
+            self.log(f"input TE/TR of {node.GetName()}: {acq['te'] * 1e3:g} / {acq['tr'] * 1e3:g} ms")
 
     def onDeviceChanged(self, index):
         if self._parameterNode:
@@ -458,6 +508,8 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         self.test_translate_logic()
         self.setUp()
         self.test_cine_logic()
+        self.setUp()
+        self.test_sample_data()
 
     @staticmethod
     def _phantomNode(boxes, te, tr, name, slices=3):
@@ -541,3 +593,22 @@ class MRISynthTest(ScriptedLoadableModuleTest):
         np.testing.assert_allclose(values, np.arange(20) * 0.05)
         np.testing.assert_array_equal(sequence_from_node(seq)[0][:, 0], frames)
         self.delayDisplay("cine reconstruction logic ok")
+
+    def test_sample_data(self):
+        import numpy as np
+        from MRISynthLib.mrml import acquisition_from_node
+
+        registerSampleData()
+        names = [src.sampleName for src in slicer.modules.sampleDataSources[SAMPLE_CATEGORY]]
+        self.assertIn("MRISynthBrainWebSE", names)
+        node = loadSample("MRISynthBrainWebSE")
+        self.assertAlmostEqual(acquisition_from_node(node)["tr"], 4.5)
+        before = slicer.util.arrayFromVolume(node).copy()
+        out = MRISynthLogic().reparameterize(node, 0.1, 4.0, device="cpu")  # input TE/TR from the node
+        self.assertEqual(slicer.util.arrayFromVolume(out).shape, before.shape)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+        kspace = loadSample("MRISynthBrainWebKspace")
+        self.assertEqual(str(MRISynthLogic().getParameterNode().kspaceFile), kspace)
+        rec = MRISynthLogic().reconstruct(kspaceFile=kspace, method="cg-sense")
+        self.assertEqual(slicer.util.arrayFromVolume(rec).shape, (4, 216, 180))
+        self.delayDisplay("sample data ok")

@@ -57,7 +57,7 @@ def _phantom_from_args(a):
 
 
 def cmd_simulate(a) -> int:
-    from .data.io import Volume, read_volume, write_volume
+    from .data.io import Volume, read_volume, sequence_metadata, write_volume
     from .physics.phantoms import add_noise, bias_field, render_maps
     from .physics.tissues import jitter_table
 
@@ -87,7 +87,7 @@ def cmd_simulate(a) -> int:
     if a.snr:
         img = add_noise(img, a.snr, rng)
     out = ref.with_array(img.astype(np.float32))
-    out.metadata = {"MRISynth_sequence": seq.describe()}
+    out.metadata = sequence_metadata(seq)
     write_volume(out, a.output, protect=protect)
     print(f"wrote {a.output}: {seq.describe()}, shape {img.shape}, spacing {tuple(round(s, 3) for s in out.spacing)}")
     return 0
@@ -111,7 +111,7 @@ def cmd_demo(a) -> int:
     """Simulate T1w/T2w/PDw/FLAIR/STIR volumes from BrainWeb, write NRRDs and a montage."""
     from tqdm.auto import tqdm
 
-    from .data.io import Volume, write_volume
+    from .data.io import Volume, sequence_metadata, write_volume
     from .physics.phantoms import add_noise, brainweb_phantom
     from .physics.signal import PRESETS, SequenceParams, ti_null
     from .viz import montage, orthogonal_views
@@ -132,7 +132,7 @@ def cmd_demo(a) -> int:
         img = ph.render(seq)
         if a.snr:
             img = add_noise(img, a.snr, rng)
-        vol = Volume(img.astype(np.float32), **ph.geometry(), metadata={"MRISynth_sequence": seq.describe()})
+        vol = Volume(img.astype(np.float32), **ph.geometry(), metadata=sequence_metadata(seq))
         write_volume(vol, out / f"{seq.name}.nrrd")
         rows.append(orthogonal_views(img))
         names.append(f"{seq.name}\n{seq.describe().split(' ', 1)[1]}")
@@ -153,15 +153,25 @@ def _input_times(a, vol):
     tr = a.input_tr if a.input_tr is not None else vol.acquisition.get("tr")
     if te is None or tr is None:
         raise CLIError("give --input-te and --input-tr (seconds); the input file's header does not have them")
+    if a.input_te is None and ({"ti", "flip"} & set(vol.acquisition)):
+        print("warning: the input's header has an inversion time or flip angle; the model treats it as a spin "
+              "echo at the header's TE/TR", file=sys.stderr)
     return te, tr
 
 
-def _write_like_input(vol, arr, out_path, in_path):
-    from .data.io import IMAGE_2D_SUFFIXES, write_volume
+def _write_like_input(vol, arr, out_path, in_path, seq=None):
+    """Write with the input's geometry; the header describes ``seq`` (the synthesized
+    acquisition), never the input's."""
+    from .data.io import ACQUISITION_KEYS, IMAGE_2D_SUFFIXES, sequence_metadata, write_volume
 
     if str(out_path).lower().endswith(IMAGE_2D_SUFFIXES):
         arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)  # the input's 8-bit display range
-    write_volume(vol.with_array(arr), out_path, protect=[in_path])
+    out = vol.with_array(arr)
+    drop = set(ACQUISITION_KEYS.values()) | {"MRISynth_sequence"}
+    out.metadata = {k: v for k, v in out.metadata.items() if k not in drop}
+    if seq is not None:
+        out.metadata.update(sequence_metadata(seq))
+    write_volume(out, out_path, protect=[in_path])
 
 
 def cmd_reparam(a) -> int:
@@ -169,6 +179,7 @@ def cmd_reparam(a) -> int:
     import warnings
 
     from .data.io import read_volume
+    from .physics.signal import SequenceParams
     from .tasks.reparam import reparameterize
 
     vol = read_volume(a.input)
@@ -180,7 +191,7 @@ def cmd_reparam(a) -> int:
                              batch_size=a.batch_size, progress=not a.quiet)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    _write_like_input(vol, out, a.output, a.input)
+    _write_like_input(vol, out, a.output, a.input, SequenceParams("se", a.te, a.tr))
     print(f"wrote {a.output}: TE {te * 1e3:g} ms / TR {tr * 1e3:g} ms -> TE {a.te * 1e3:g} ms / TR {a.tr * 1e3:g} ms "
           f"({a.model}, {out.shape}, {time.time() - t0:.1f} s)")
     return 0
@@ -211,7 +222,7 @@ def cmd_synth(a) -> int:
         if te is None or tr is None:
             raise CLIError(f"give --input-te and --input-tr (seconds) for input {j + 1} ({path}); "
                            "its header does not have them")
-        kind = _nth(a.input_sequence, j) or ("ir" if acq.get("ti") else "se")
+        kind = _nth(a.input_sequence, j) or ("ir" if acq.get("ti") else "gre" if acq.get("flip") else "se")
         ti = _nth(a.input_ti, j) if _nth(a.input_ti, j) is not None else acq.get("ti")
         flip = _nth(a.input_flip, j) if _nth(a.input_flip, j) is not None else acq.get("flip")
         seqs.append(SequenceParams(kind, te, tr, ti=ti, flip=flip))
@@ -230,7 +241,7 @@ def cmd_synth(a) -> int:
     out_suffix = file_suffix(Path(a.output))
     if out_suffix in IMAGE_2D_SUFFIXES:
         out = to_uint8(out, lo=0.0)  # display-normalised 8-bit
-    _write_like_input(vols[0], out, a.output, a.input[0])
+    _write_like_input(vols[0], out, a.output, a.input[0], target)
     msg = (f"wrote {a.output}: {target.describe()} from {len(vols)} input(s) ({out.shape}; maps "
            f"{t1 - t0:.2f} s, render {(t2 - t1) * 1e3:.0f} ms)")
     if a.save_maps:
@@ -263,22 +274,11 @@ def cmd_translate(a) -> int:
 
 def cmd_undersample(a) -> int:
     """Make a multi-coil k-space file (fastMRI layout) from an image volume."""
-    from .data.hdf5 import write_fastmri
     from .data.io import read_volume
-    from .tasks.recon import undersample_volume
+    from .tasks.recon import write_undersampled
 
-    vol = read_volume(a.input)
-    imgs = vol.array.astype(np.float32)
-    sim = undersample_volume(imgs, a.mask, a.accel, a.coils, a.snr, center=a.center, seed=a.seed)
-    attrs = {"acquisition": "MRISynth simulated", "mask_kind": a.mask, "acceleration": sim["acceleration"],
-             "n_coils": a.coils, "snr": a.snr or 0.0, "spacing": np.asarray(vol.spacing, float),
-             "origin": np.asarray(vol.origin, float), "direction": np.asarray(vol.direction, float),
-             "source": str(a.input)}
-    extra = {"maps": sim["maps"].astype(np.complex64)} if a.save_maps else {}
-    if sim["mask_1d"] is None:
-        extra["mask_2d"] = sim["mask"]
-    write_fastmri(a.output, sim["kspace"], mask=sim["mask_1d"], reconstruction_rss=sim["reference"], attrs=attrs,
-                  extra=extra)
+    sim = write_undersampled(read_volume(a.input), a.output, a.mask, a.accel, a.coils, a.snr, center=a.center,
+                             seed=a.seed, save_maps=a.save_maps, source=str(a.input))
     print(f"wrote {a.output}: kspace {sim['kspace'].shape}, {a.mask} mask, acceleration {sim['acceleration']:.3f}")
     return 0
 
@@ -427,6 +427,20 @@ def cmd_models(a) -> int:
             where = f"not available ({e})"
         m = ", ".join(f"{k}={v}" for k, v in c.metrics.items() if not isinstance(v, dict))
         print(f"{c.id} v{c.version} [{c.task}] {c.description}\n  weights: {where}\n  metrics: {m or '-'}")
+    return 0
+
+
+def cmd_samples(a) -> int:
+    """List the shipped sample data with their verified paths (input files for every command)."""
+    from .data.download import ChecksumError
+    from .sampledata import load_samples, sample_path
+
+    for s in load_samples().values():
+        try:
+            where = str(sample_path(s.name))
+        except (OSError, ChecksumError) as e:
+            where = f"not usable ({e})"
+        print(f"{s.name} [{s.kind}] {s.description}\n  {where}")
     return 0
 
 
@@ -599,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="list the model catalog")
     s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("samples", help="list the shipped sample volumes and k-space file", description=cmd_samples.__doc__)
+    s.set_defaults(func=cmd_samples)
 
     s = sub.add_parser("fetch-data", help="download public data files (BrainWeb) into the data folder")
     s.add_argument("names", nargs="*", help="which files (default: all)")

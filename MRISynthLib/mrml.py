@@ -72,7 +72,8 @@ def write_volume_node(scene, vol: Volume, name: str, output_node=None, reference
     """Put ``vol`` into ``output_node`` (or a new scalar volume node named ``name``).
 
     Refuses to write into ``reference_node`` (the input). The new node goes under the
-    reference node's parent in the subject hierarchy (its study), when there is one.
+    reference node's parent in the subject hierarchy (its study), when there is one. The
+    node records no acquisition parameters; the caller sets them when it knows them.
     """
     if output_node is not None and reference_node is not None and output_node is reference_node:
         raise ValueError("the output volume must not be the input volume")
@@ -85,6 +86,7 @@ def write_volume_node(scene, vol: Volume, name: str, output_node=None, reference
     node = output_node or scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(arr))
     set_node_geometry(node, vol)
+    set_acquisition(node, {})  # new voxels: a reused node's recorded TE/TR no longer hold
     if reference_node is not None:
         place_in_study(scene, node, reference_node)
     return node
@@ -112,11 +114,34 @@ def remove_node(scene, node) -> None:
         scene.RemoveNode(node)
 
 
-def acquisition_from_node(node) -> dict:
-    """TE/TR/TI/flip (seconds, degrees) from a DICOM-loaded node's instance UIDs, if any.
+# acquisition parameters kept on a volume node (saved with the scene): seconds and degrees
+ACQUISITION_ATTRIBUTES = {"te": "MRISynth.TE_s", "tr": "MRISynth.TR_s", "ti": "MRISynth.TI_s",
+                          "flip": "MRISynth.flip_deg"}
 
-    Works in Slicer (needs the DICOM database); returns {} elsewhere.
-    """
+
+def set_acquisition(node, acquisition: dict) -> None:
+    """Record ``{"te", "tr", "ti", "flip"}`` (seconds, degrees) on a node; None values and
+    missing keys remove the attribute."""
+    for key, name in ACQUISITION_ATTRIBUTES.items():
+        v = acquisition.get(key)
+        if v is None:
+            node.RemoveAttribute(name)
+        else:
+            node.SetAttribute(name, repr(float(v)))
+
+
+def acquisition_from_node(node) -> dict:
+    """TE/TR/TI/flip (seconds, degrees) of a volume node: the MRISynth attributes (set on
+    sample data and on synthesized outputs), else the DICOM header when the node came from
+    DICOM (needs Slicer's DICOM database); {} when neither is known."""
+    out = {}
+    for key, name in ACQUISITION_ATTRIBUTES.items():
+        try:
+            out[key] = float(node.GetAttribute(name))
+        except (TypeError, ValueError):
+            continue
+    if out:
+        return out
     try:
         uids = node.GetAttribute("DICOM.instanceUIDs")
         db = getattr(slicer, "dicomDatabase", None)
@@ -138,7 +163,7 @@ def _input_times(input_node, output_node, input_te, input_tr):
     input_te = acq.get("te") if input_te is None else input_te
     input_tr = acq.get("tr") if input_tr is None else input_tr
     if input_te is None or input_tr is None:
-        raise ValueError("the input TE and TR are needed (they are not in the volume's DICOM header)")
+        raise ValueError("the input TE and TR are needed (the volume node does not record them)")
     return input_te, input_tr
 
 
@@ -158,7 +183,9 @@ def reparameterize_node(scene, input_node, target_te: float, target_tr: float, i
     out = reparameterize(vol, input_te, input_tr, target_te, target_tr, model=model, device=device,
                          cancel=cancel, progress_callback=progress_callback)
     name = f"{input_node.GetName()}_TE{target_te * 1e3:.0f}_TR{target_tr * 1e3:.0f}"
-    return write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
+    node = write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
+    set_acquisition(node, {"te": target_te, "tr": target_tr})
+    return node
 
 
 # the last synthesis input: (node id, node and image MTimes, TE, TR, model, device) -> (Volume, estimate),
@@ -202,6 +229,7 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
     if target.sequence == "gre":
         name += f"_FA{target.flip:g}"
     node = write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
+    set_acquisition(node, target.acquisition())
     maps = {}
     if save_maps:
         for key, arr in est.maps().items():

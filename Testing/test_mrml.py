@@ -113,6 +113,7 @@ def test_synthesize_node_output_maps_and_no_partial_node(scene_and_node):
     # a slider move re-renders into the same node
     again, _ = mrml.synthesize_node(scene, node, PRESETS["T1w"], 0.05, 4.5, model=net, output_node=out)
     assert again is out and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n + 5
+    assert mrml.acquisition_from_node(out) == pytest.approx(PRESETS["T1w"].acquisition())
     with pytest.raises(ValueError, match="must not be the input"):
         mrml.synthesize_node(scene, node, PRESETS["T1w"], 0.05, 4.5, model=net, output_node=node)
 
@@ -167,6 +168,21 @@ def test_translate_node_new_output_geometry_and_no_partial_node(scene_and_node):
     with pytest.raises(ValueError, match="must not be the input"):
         mrml.translate_node(scene, node, model=gens, output_node=node)
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n + 1
+
+
+def test_acquisition_recorded_on_nodes_feeds_the_next_task(scene_and_node, tiny):
+    scene, node, _ = scene_and_node
+    assert mrml.acquisition_from_node(node) == {}
+    mrml.set_acquisition(node, {"te": 0.05, "tr": 4.5})
+    out = mrml.reparameterize_node(scene, node, 0.1, 3.0, model=tiny)  # TE/TR read from the node
+    assert mrml.acquisition_from_node(out) == pytest.approx({"te": 0.1, "tr": 3.0})
+    assert mrml.acquisition_from_node(node) == pytest.approx({"te": 0.05, "tr": 4.5})  # input untouched
+    # writing other voxels into a node drops what it recorded
+    mrml.write_volume_node(scene, io.Volume(np.zeros((2, 3, 4), np.float32)), "x", output_node=out)
+    assert mrml.acquisition_from_node(out) == {}
+    mrml.set_acquisition(node, {"te": None, "tr": 4.5})
+    with pytest.raises(ValueError, match="TE and TR are needed"):
+        mrml.reparameterize_node(scene, node, 0.1, 3.0, model=tiny)
 
 
 def _cine_sequence(scene, frames=20, n=64):

@@ -32,6 +32,34 @@ DICOM_TAGS = {
     "ti": "0018|0082",
     "flip": "0018|1314",
 }
+# the same parameters in the header of volumes MRISynth writes (NRRD "key:=value" fields,
+# MHA tags; NIfTI has no such fields): seconds and degrees
+ACQUISITION_KEYS = {
+    "te": "MRISynth_TE_s",
+    "tr": "MRISynth_TR_s",
+    "ti": "MRISynth_TI_s",
+    "flip": "MRISynth_flip_deg",
+}
+
+
+def acquisition_metadata(acquisition: Dict[str, Optional[float]]) -> Dict[str, str]:
+    """Header fields for ``{"te": s, "tr": s, "ti": s, "flip": deg}`` (None values left out)."""
+    return {ACQUISITION_KEYS[k]: repr(float(v)) for k, v in acquisition.items() if v is not None}
+
+
+def sequence_metadata(seq) -> Dict[str, str]:
+    """Header fields describing a :class:`~MRISynthLib.physics.signal.SequenceParams`."""
+    return {"MRISynth_sequence": seq.describe(), **acquisition_metadata(seq.acquisition())}
+
+
+def acquisition_from_metadata(metadata: Dict[str, str]) -> Dict[str, float]:
+    out = {}
+    for key, field_name in ACQUISITION_KEYS.items():
+        try:
+            out[key] = float(metadata[field_name])
+        except (KeyError, ValueError):
+            continue
+    return out
 
 
 @dataclass
@@ -182,9 +210,10 @@ def read_volume(path) -> Volume:
         else:
             raise ValueError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
                              "a scalar volume is expected")
-    acq = {}
     if file_suffix(path) == ".dcm":
         acq = acquisition_from_tags(lambda t: img.GetMetaData(t) if img.HasMetaDataKey(t) else None)
+    else:
+        acq = acquisition_from_metadata({k: img.GetMetaData(k) for k in img.GetMetaDataKeys()})
     vol = Volume.from_sitk(img, acquisition=acq)
     if vol.array.ndim == 3 and vol.array.shape[0] == 1 and file_suffix(path) in IMAGE_2D_SUFFIXES:
         vol = Volume(vol.array[0], vol.spacing[:2], vol.origin[:2], (1.0, 0.0, 0.0, 1.0), vol.metadata)

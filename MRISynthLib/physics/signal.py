@@ -239,6 +239,15 @@ class SequenceParams:
         return spoiled_gre(pd, t1, t2 if t2star is None else t2star, self.te, self.tr, self.flip,
                            validate=validate)
 
+    def acquisition(self) -> dict:
+        """{"te", "tr"} in seconds, with "ti" (inversion recovery) or "flip" (gradient echo)."""
+        out = {"te": self.te, "tr": self.tr}
+        if self.sequence == "ir" and self.ti is not None:
+            out["ti"] = self.ti
+        if self.sequence == "gre" and self.flip is not None:
+            out["flip"] = self.flip
+        return out
+
     def describe(self) -> str:
         s = f"{self.sequence.upper()} TE={self.te * 1e3:.4g} ms TR={self.tr * 1e3:.4g} ms"
         if self.ti is not None and self.sequence == "ir":

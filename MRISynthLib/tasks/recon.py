@@ -112,6 +112,28 @@ def undersample_volume(images: np.ndarray, mask_kind: str = "vd1d", accel: float
             "acceleration": m.acceleration, "mask_kind": mask_kind}
 
 
+def write_undersampled(vol, path, mask_kind: str = "vd1d", accel: float = 4.0, n_coils: int = 8,
+                       snr: Optional[float] = 40.0, center: Optional[int] = None, seed: int = 0,
+                       save_maps: bool = False, source: str = ""):
+    """Simulate undersampled multi-coil k-space from a :class:`~MRISynthLib.data.io.Volume`
+    (slices along its first array axis; complex arrays keep their phase) and write it as a
+    fastMRI-layout HDF5 file with the volume's geometry; returns :func:`undersample_volume`'s dict."""
+    from ..data.hdf5 import write_fastmri
+
+    arr = vol.array if np.iscomplexobj(vol.array) else vol.array.astype(np.float32)
+    sim = undersample_volume(arr, mask_kind, accel, n_coils, snr, center=center, seed=seed)
+    attrs = {"acquisition": "MRISynth simulated", "mask_kind": mask_kind, "acceleration": sim["acceleration"],
+             "n_coils": n_coils, "snr": snr or 0.0, "spacing": np.asarray(vol.spacing, float),
+             "origin": np.asarray(vol.origin, float), "direction": np.asarray(vol.direction, float),
+             "source": source}
+    extra = {"maps": sim["maps"].astype(np.complex64)} if save_maps else {}
+    if sim["mask_1d"] is None:
+        extra["mask_2d"] = sim["mask"]
+    write_fastmri(path, sim["kspace"], mask=sim["mask_1d"], reconstruction_rss=sim["reference"], attrs=attrs,
+                  extra=extra)
+    return sim
+
+
 def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Optional[np.ndarray] = None,
                 method: str = "cs", lamda: Optional[float] = None, iters: Optional[int] = None,
                 model=None, device=None, progress: bool = False, cancel: Optional[Callable[[], bool]] = None,
