@@ -9,6 +9,8 @@ helpers of ``MRISynthLib.mrml``. Console use::
 """
 import os
 import pathlib
+import shutil
+import sys
 import time
 
 import qt
@@ -172,6 +174,7 @@ class MRISynthParameterNode:
     outputSequence: vtkMRMLSequenceNode
     cineAccel: float = 5.0
     cineMethod: str = "cascade"
+    runInBackground: bool = True
 
 
 class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -183,6 +186,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._guiObservation = None
         self._running = False
         self._cancelRequested = False
+        self._job = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -302,8 +306,13 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._running:
             self._cancelRequested = True
             self.log("cancelling...")
+            if self._job is not None:
+                self._job.cancel()
             return
         p = self._parameterNode
+        if p.runInBackground:
+            self.startBackgroundRun(p)
+            return
         self._running, self._cancelRequested = True, False
         self._checkCanApply()
         self.ui.progressBar.setVisible(True)
@@ -350,6 +359,135 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setVisible(False)
             self.ui.statusLabel.text = "cancelled" if self._cancelRequested else ""
             self._checkCanApply()
+
+
+    def startBackgroundRun(self, p):
+        """Run the task in a PythonSlicer process; Apply becomes Cancel until it ends."""
+        start = time.time()
+
+        def progress(fraction):
+            self.ui.progressBar.value = int(100 * fraction)
+            self.ui.statusLabel.text = f"running in the background... {time.time() - start:.1f} s"
+
+        def done(out, error):
+            self._job, self._running = None, False
+            self.ui.progressBar.setVisible(False)
+            self.ui.statusLabel.text = ""
+            if error:
+                self.log(f"failed: {error}")
+                slicer.util.errorDisplay(f"{p.task} failed.", detailedText=error)
+            elif out is None:
+                self.log("cancelled; nothing was added to the scene")
+                self.ui.statusLabel.text = "cancelled"
+            else:
+                if isinstance(out, tuple):  # synthesis: (output, maps)
+                    out = out[0]
+                if out.IsA("vtkMRMLSequenceNode"):
+                    p.outputSequence = out
+                else:
+                    p.outputVolume = out
+                    slicer.util.setSliceViewerLayers(background=out, fit=True)
+                self.log(f"{out.GetName()}: done in {time.time() - start:.1f} s (background process)")
+            self._checkCanApply()
+
+        with slicer.util.tryWithErrorDisplay(f"{p.task} could not start.", waitCursor=True):
+            if not ensureDependencies():
+                return
+            self._running, self._cancelRequested = True, False
+            try:
+                self._job = self.logic.startBackground(p, onProgress=progress, onLog=self.log, onDone=done)
+            except Exception:
+                self._running = False
+                raise
+            finally:
+                self._checkCanApply()
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.setVisible(True)
+
+
+def pythonSlicerExecutable():
+    """The interpreter for background runs: PythonSlicer (Slicer's Python with its libraries)."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class BackgroundRun:
+    """One task as ``PythonSlicer -m MRISynthLib --progress-lines <task> ...`` in a qt.QProcess.
+
+    The inputs are written into a fresh work folder (NRRD/HDF5, see MRISynthLib.jobs), the
+    process reports progress on stdout, and when it succeeds its outputs are put into the
+    scene (MRISynthLib.mrml.job_result_to_scene: same names, geometry and study as an
+    in-process run). cancel() kills the process. The work folder is always removed and
+    nothing is added to the scene unless the run succeeded. ``onDone(node, error)`` gets the
+    output (None when cancelled or failed) and the error text (None unless it failed).
+    """
+
+    def __init__(self, task, settings, inputNode=None, kspaceFile=None, outputNode=None, onProgress=None,
+                 onLog=None, onDone=None):
+        import MRISynthLib
+        from MRISynthLib import jobs, mrml
+
+        self.task, self.settings = task, settings
+        self.inputNode, self.outputNode = inputNode, outputNode
+        self.onProgress, self.onLog, self.onDone = onProgress, onLog, onDone
+        self.cancelled = False
+        self.stderr = ""
+        self.parser = jobs.ProgressParser()
+        self.workdir = jobs.new_workdir()
+        try:
+            mrml.write_job_inputs(task, self.workdir, settings, input_node=inputNode, kspace_file=kspaceFile)
+        except Exception:
+            jobs.cleanup(self.workdir)
+            raise
+        args = jobs.command(task, self.workdir, settings, python=pythonSlicerExecutable())
+        env = qt.QProcessEnvironment.systemEnvironment()
+        libParent = os.path.dirname(os.path.dirname(os.path.abspath(MRISynthLib.__file__)))
+        env.insert("PYTHONPATH", os.pathsep.join(filter(None, [libParent, env.value("PYTHONPATH")])))
+        self.proc = qt.QProcess()
+        self.proc.setProcessEnvironment(env)
+        self.proc.readyReadStandardOutput.connect(self._onStdout)
+        self.proc.readyReadStandardError.connect(self._onStderr)
+        self.proc.finished.connect(lambda *args: self._onFinished())
+        if self.onLog:
+            self.onLog("background: " + " ".join(args[1:]))
+        self.proc.start(args[0], args[1:])
+
+    def _onStdout(self):
+        text = self.proc.readAllStandardOutput().data().decode(errors="replace")
+        for fraction in self.parser.feed(text):
+            if self.onProgress:
+                self.onProgress(fraction)
+
+    def _onStderr(self):
+        self.stderr += self.proc.readAllStandardError().data().decode(errors="replace")
+
+    def cancel(self):
+        self.cancelled = True
+        self.proc.kill()
+
+    def _onFinished(self):
+        from MRISynthLib import jobs, mrml
+
+        self._onStdout()
+        self._onStderr()
+        out, error = None, None
+        try:
+            if self.cancelled:
+                pass
+            elif self.proc.exitStatus() == qt.QProcess.NormalExit and self.proc.exitCode() == 0:
+                for message in self.parser.messages:
+                    if self.onLog:
+                        self.onLog(message)
+                result = jobs.read_outputs(self.task, self.workdir, save_maps=self.settings.get("save_maps", False))
+                out = mrml.job_result_to_scene(slicer.mrmlScene, self.task, result, self.settings,
+                                               input_node=self.inputNode, output_node=self.outputNode)
+            else:
+                error = self.stderr.strip() or f"the process ended with status {self.proc.exitCode()}"
+        except Exception as e:  # reading or placing the result failed: report, add nothing more
+            error = str(e)
+        finally:
+            jobs.cleanup(self.workdir)
+        if self.onDone:
+            self.onDone(out, error)
 
 
 class MRISynthLogic(ScriptedLoadableModuleLogic):
@@ -451,6 +589,39 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
         from MRISynthLib.mrml import cine_node
         return cine_node(slicer.mrmlScene, inputSequence, method=method, accel=accel, device=device,
                          output_node=outputSequence, cancel=cancel, progress_callback=progress)
+
+    @staticmethod
+    def jobFromParameters(p):
+        """(task, settings, input node, k-space file, output node) of a background run for the
+        panel's settings (see MRISynthLib.jobs.command for the settings)."""
+        base = {"device": p.device}
+        if p.task == TASK_REPARAM:
+            return ("reparam", {**base, "target_te": p.targetTE, "target_tr": p.targetTR, "input_te": p.inputTE,
+                                "input_tr": p.inputTR, "model": p.model}, p.inputVolume, None, p.outputVolume)
+        if p.task == TASK_SYNTH:
+            return ("synth", {**base, "sequence": p.synthSequence, "te": p.synthTE, "tr": p.synthTR, "ti": p.synthTI,
+                              "flip": p.synthFlip, "input_te": p.inputTE, "input_tr": p.inputTR,
+                              "save_maps": p.saveMaps}, p.inputVolume, None, p.outputVolume)
+        if p.task == TASK_TRANSLATE:
+            return ("translate", {**base, "direction": p.translateDirection}, p.inputVolume, None, p.outputVolume)
+        if p.task == TASK_RECON:
+            settings = {**base, "method": p.reconMethod, "mask": p.reconMask, "accel": p.reconAccel}
+            if p.reconSource == RECON_FROM_FILE:
+                return "recon", {**settings, "kspace_file": str(p.kspaceFile)}, None, str(p.kspaceFile), p.outputVolume
+            return "recon", settings, p.inputVolume, None, p.outputVolume
+        if p.task == TASK_CINE:
+            return ("cine", {**base, "method": p.cineMethod, "accel": p.cineAccel}, p.inputSequence, None,
+                    p.outputSequence)
+        raise ValueError(f"unknown task {p.task}")
+
+    def startBackground(self, p, onProgress=None, onLog=None, onDone=None):
+        """Start the panel's task in a PythonSlicer process; returns the BackgroundRun (cancel())."""
+        problem = self.validateSettings(p)
+        if problem:
+            raise ValueError(problem)
+        task, settings, inputNode, kspaceFile, outputNode = self.jobFromParameters(p)
+        return BackgroundRun(task, settings, inputNode, kspaceFile, outputNode, onProgress=onProgress, onLog=onLog,
+                             onDone=onDone)
 
     def synthesizeFromParameters(self, p, cancel=None, progress=None, withMaps=True):
         out, maps = self.synthesize(p.inputVolume, self.targetFromParameters(p), p.inputTE, p.inputTR,

@@ -188,7 +188,7 @@ def cmd_reparam(a) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = reparameterize(vol.array, te, tr, a.te, a.tr, model=a.model, device=a.device,
-                             batch_size=a.batch_size, progress=not a.quiet)
+                             batch_size=a.batch_size, progress=not a.quiet, progress_callback=a.progress_callback)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     _write_like_input(vol, out, a.output, a.input, SequenceParams("se", a.te, a.tr))
@@ -232,7 +232,8 @@ def cmd_synth(a) -> int:
     t0 = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        est = estimate_maps(vols, seqs, model=a.model, device=a.device, progress=not a.quiet)
+        est = estimate_maps(vols, seqs, model=a.model, device=a.device, progress=not a.quiet,
+                            progress_callback=a.progress_callback)
     t1 = time.time()
     out = est.render(target)
     t2 = time.time()
@@ -266,7 +267,7 @@ def cmd_translate(a) -> int:
     vol = read_volume(a.input)
     t0 = time.time()
     out = translate(vol.array, a.direction, model=a.model, device=a.device, batch_size=a.batch_size,
-                    progress=not a.quiet)
+                    progress=not a.quiet, progress_callback=a.progress_callback)
     _write_like_input(vol, out, a.output, a.input)
     print(f"wrote {a.output}: {a.direction} ({out.shape}, {time.time() - t0:.1f} s)")
     return 0
@@ -293,7 +294,7 @@ def cmd_recon(a) -> int:
     t0 = time.time()
     img = reconstruct(k, mask=mask, maps=None if a.estimate_maps else maps, method=a.method, lamda=a.lamda,
                       iters=a.iters, model=a.model, device=a.device, progress=not a.quiet, beta=a.beta,
-                      flow_variant=a.flow_variant)
+                      flow_variant=a.flow_variant, progress_callback=a.progress_callback)
     geo = {}
     if "spacing" in attrs:
         geo = {"spacing": tuple(np.asarray(attrs["spacing"]).tolist()), "origin": tuple(np.asarray(attrs["origin"]).tolist()),
@@ -385,7 +386,7 @@ def cmd_cine(a) -> int:
         data, mask, geom = d["kspace"], d["mask"], _geometry_from_attrs(d["attrs"])
     t0 = time.time()
     rec = reconstruct_cine(data, mask=mask, method=a.method, model=a.model, device=a.device, accel=a.accel,
-                           progress=not a.quiet)
+                           progress=not a.quiet, progress_callback=a.progress_callback)
     if is_sequence_path(a.output):
         geom = geom or Volume(np.zeros((1, 1, 1), np.float32))
         if times is None or len(times) != len(rec):
@@ -449,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="mrisynth", description="MRISynth: MRI contrast synthesis and reconstruction.")
     p.add_argument("--version", action="version", version=f"MRISynth {__version__}")
+    p.add_argument("--progress-lines", action="store_true",
+                   help="report progress as 'MRISYNTH_PROGRESS <fraction>' lines on stdout instead of a progress bar "
+                        "(for programs that run MRISynth in the background, such as the Slicer module)")
     sub = p.add_subparsers(dest="command", metavar="command")
     sub.required = True
 
@@ -627,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    a.progress_callback = None
+    if a.progress_lines:
+        from .jobs import progress_printer
+
+        a.progress_callback = progress_printer()
+        a.quiet = True
     try:
         return a.func(a)
     except (CLIError, ValueError, FileNotFoundError, OSError) as e:

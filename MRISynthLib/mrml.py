@@ -182,7 +182,7 @@ def reparameterize_node(scene, input_node, target_te: float, target_tr: float, i
     vol = volume_from_node(input_node)
     out = reparameterize(vol, input_te, input_tr, target_te, target_tr, model=model, device=device,
                          cancel=cancel, progress_callback=progress_callback)
-    name = f"{input_node.GetName()}_TE{target_te * 1e3:.0f}_TR{target_tr * 1e3:.0f}"
+    name = output_name("reparam", input_node.GetName(), target_te=target_te, target_tr=target_tr)
     node = write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
     set_acquisition(node, {"te": target_te, "tr": target_tr})
     return node
@@ -222,12 +222,8 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
         _LAST_SYNTH.clear()
         _LAST_SYNTH[key] = (vol, est)
     out = vol.with_array(est.render(target))
-    tag = {"se": "SE", "ir": "IR", "gre": "GRE"}[target.sequence]
-    name = f"{input_node.GetName()}_{tag}_TE{target.te * 1e3:.0f}_TR{target.tr * 1e3:.0f}"
-    if target.sequence == "ir":
-        name += f"_TI{target.ti * 1e3:.0f}"
-    if target.sequence == "gre":
-        name += f"_FA{target.flip:g}"
+    name = output_name("synth", input_node.GetName(), sequence=target.sequence, te=target.te, tr=target.tr,
+                       ti=target.ti, flip=target.flip)
     node = write_volume_node(scene, out, name, output_node=output_node, reference_node=input_node)
     set_acquisition(node, target.acquisition())
     maps = {}
@@ -261,12 +257,12 @@ def reconstruct_node(scene, input_node=None, kspace_file=None, method="cs", mask
         if "spacing" in attrs:
             geo = {key: tuple(np.asarray(attrs[key], float).tolist()) for key in ("spacing", "origin", "direction")}
         like = Volume(np.zeros(k.shape[:1] + k.shape[2:], np.float32), **geo)
-        name = f"{os.path.splitext(os.path.basename(str(kspace_file)))[0]}_{method}"
+        name = output_name("recon", None, method=method, kspace_file=kspace_file)
     else:
         like = volume_from_node(input_node)
         sim = undersample_volume(like.array.astype(np.float32), mask, accel, coils, snr)
         k, m, maps = sim["kspace"], sim["mask"], sim["maps"]
-        name = f"{input_node.GetName()}_{mask}R{accel:g}_{method}"
+        name = output_name("recon", input_node.GetName(), method=method, mask=mask, accel=accel)
     img = reconstruct(k, mask=m, maps=maps, method=method, model=model, device=device, cancel=cancel,
                       progress_callback=progress_callback)
     return write_volume_node(scene, like.with_array(np.abs(img).astype(np.float32)), name,
@@ -286,9 +282,8 @@ def translate_node(scene, input_node, direction: str = "t1_to_t2", model=None, d
         raise ValueError("the output volume must not be the input volume")
     vol = volume_from_node(input_node)
     out = translate(vol, direction, model=model, device=device, cancel=cancel, progress_callback=progress_callback)
-    tag = {"t1_to_t2": "T2w", "t2_to_t1": "T1w"}[direction]
-    return write_volume_node(scene, out, f"{input_node.GetName()}_{tag}", output_node=output_node,
-                             reference_node=input_node)
+    return write_volume_node(scene, out, output_name("translate", input_node.GetName(), direction=direction),
+                             output_node=output_node, reference_node=input_node)
 
 
 def sequence_from_node(seq_node):
@@ -362,9 +357,75 @@ def cine_node(scene, input_node, method: str = "cascade", accel: float = 5.0, mo
     data = frames[:, 0] if frames.shape[1] == 1 else frames
     rec = reconstruct_cine(data.astype(np.float32), method=method, model=model, device=device, accel=accel,
                            domain="image", cancel=cancel, progress_callback=progress_callback)
-    return write_sequence_node(scene, rec, geom, f"{input_node.GetName()}_{method}", reference_node=input_node,
+    return write_sequence_node(scene, rec, geom, output_name("cine", input_node.GetName(), method=method),
+                               reference_node=input_node,
                                index_values=values, index_name=input_node.GetIndexName() or "time",
                                index_unit=input_node.GetIndexUnit() or "s", output_node=output_node)
+
+
+def output_name(task: str, input_name: Optional[str], **s) -> str:
+    """The name of a task's new output node (the scene makes it unique)."""
+    if task == "reparam":
+        return f"{input_name}_TE{s['target_te'] * 1e3:.0f}_TR{s['target_tr'] * 1e3:.0f}"
+    if task == "synth":
+        name = f"{input_name}_{s['sequence'].upper()}_TE{s['te'] * 1e3:.0f}_TR{s['tr'] * 1e3:.0f}"
+        if s["sequence"] == "ir":
+            name += f"_TI{s['ti'] * 1e3:.0f}"
+        if s["sequence"] == "gre":
+            name += f"_FA{s['flip']:g}"
+        return name
+    if task == "translate":
+        return input_name + {"t1_to_t2": "_T2w", "t2_to_t1": "_T1w"}[s["direction"]]
+    if task == "recon":
+        if s.get("kspace_file") is not None:
+            return f"{os.path.splitext(os.path.basename(str(s['kspace_file'])))[0]}_{s['method']}"
+        return f"{input_name}_{s['mask']}R{s['accel']:g}_{s['method']}"
+    if task == "cine":
+        return f"{input_name}_{s['method']}"
+    raise ValueError(f"unknown task {task!r}")
+
+
+def write_job_inputs(task: str, workdir, settings: dict, input_node=None, kspace_file=None):
+    """Write a background run's input from the scene into ``workdir`` (see
+    :func:`MRISynthLib.jobs.write_inputs`); the nodes are only read. ``settings`` as for
+    :func:`MRISynthLib.jobs.command`, plus input_te/input_tr (else the node's recorded
+    TE/TR) and, for reconstruction from a volume, mask and accel."""
+    from . import jobs
+
+    if task == "cine":
+        frames, geom, values = sequence_from_node(input_node)
+        return jobs.write_inputs(task, workdir, frames=frames, geometry=geom, times=values)
+    if task == "recon":
+        if kspace_file is not None:
+            return jobs.write_inputs(task, workdir, kspace_file=kspace_file)
+        return jobs.write_inputs(task, workdir, volume_from_node(input_node),
+                                 simulate={"mask_kind": settings["mask"], "accel": settings["accel"],
+                                           "save_maps": True})  # the simulation's coil maps, as in-process
+    acq = {}
+    if task in ("reparam", "synth"):
+        te, tr = _input_times(input_node, None, settings.get("input_te"), settings.get("input_tr"))
+        acq = {"te": te, "tr": tr}
+    return jobs.write_inputs(task, workdir, volume_from_node(input_node), acquisition=acq)
+
+
+def job_result_to_scene(scene, task: str, result, settings: dict, input_node=None, output_node=None):
+    """Put a background run's :class:`~MRISynthLib.jobs.JobResult` into the scene exactly as
+    the in-process functions above do (same names, geometry, study, recorded TE/TR); returns
+    the output node (for synth: ``(node, maps)``)."""
+    name = output_name(task, input_node.GetName() if input_node is not None else None, **settings)
+    if task == "cine":
+        return write_sequence_node(scene, result.frames, result.geometry, name, reference_node=input_node,
+                                   index_values=result.times, index_name=input_node.GetIndexName() or "time",
+                                   index_unit=input_node.GetIndexUnit() or "s", output_node=output_node)
+    node = write_volume_node(scene, result.volume, name, output_node=output_node, reference_node=input_node)
+    if task == "reparam":
+        set_acquisition(node, {"te": settings["target_te"], "tr": settings["target_tr"]})
+    if task == "synth":
+        set_acquisition(node, result.volume.acquisition)
+        maps = {k: write_volume_node(scene, v, f"{input_node.GetName()}_{k.upper()}", reference_node=input_node)
+                for k, v in result.maps.items()}
+        return node, maps
+    return node
 
 
 def new_scene():
