@@ -8,6 +8,7 @@ written from the scene, the separate process, progress lines, results placed in 
 cancel, cleanup.
 """
 import importlib.util
+import os
 import sys
 import time
 import types
@@ -27,7 +28,10 @@ from MRISynthLib.sampledata import sample_path  # noqa: E402
 
 @pytest.fixture
 def module(monkeypatch):
-    app = QtCore.QCoreApplication.instance() or QtCore.QCoreApplication([])
+    # a QApplication (not just a QCoreApplication): the panel screenshot test shares the process
+    QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 not installed")
+    monkeypatch.setenv("QT_QPA_PLATFORM", os.environ.get("QT_QPA_PLATFORM", "offscreen"))
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     qt = types.SimpleNamespace(QProcess=QtCore.QProcess, QProcessEnvironment=QtCore.QProcessEnvironment)
     base = type("Base", (), {"__init__": lambda self, *a, **k: None})
     sl = types.ModuleType("slicer.ScriptedLoadableModule")
