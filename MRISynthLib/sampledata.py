@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Dict
 
 from .config import PACKAGE_DIR
-from .data.download import verify
 
 SAMPLE_DIR = PACKAGE_DIR / "Resources" / "sample_data"
 MANIFEST = SAMPLE_DIR / "samples.json"
@@ -62,6 +61,8 @@ def save_samples(samples, path: Path = MANIFEST) -> None:
 
 def sample_path(name: str, check: bool = True) -> Path:
     """The shipped file of sample ``name``, its SHA256 verified (ChecksumError otherwise)."""
+    from .data.download import verify  # (tqdm; this module itself needs only the standard library)
+
     samples = load_samples()
     if name not in samples:
         raise KeyError(f"no sample {name!r}; there are: {', '.join(samples)}")

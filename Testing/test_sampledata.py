@@ -84,3 +84,12 @@ def test_kspace_sample_reconstructs():
     cg = psnr(np.abs(reconstruct(k[1:2], mask=mask, method="cg-sense", progress=False)), ref, 1.0)
     net = psnr(np.abs(reconstruct(k[1:2], mask=mask, method="unrolled", progress=False)), ref, 1.0)
     assert cg > zf + 3 and net > zf + 5
+
+
+def test_manifest_reads_before_the_dependencies_are_installed():
+    """The module registers the samples at Slicer's startup, before torch/tqdm/scipy exist."""
+    code = ("import sys\nfor m in ('tqdm', 'numpy', 'torch', 'scipy', 'h5py', 'SimpleITK'): sys.modules[m] = None\n"
+            "import MRISynthLib.sampledata as s\nprint(len(s.load_samples()))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == len(load_samples())
