@@ -360,7 +360,6 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "cancelled" if self._cancelRequested else ""
             self._checkCanApply()
 
-
     def startBackgroundRun(self, p):
         """Run the task in a PythonSlicer process; Apply becomes Cancel until it ends."""
         start = time.time()
@@ -429,7 +428,7 @@ class BackgroundRun:
         self.task, self.settings = task, settings
         self.inputNode, self.outputNode = inputNode, outputNode
         self.onProgress, self.onLog, self.onDone = onProgress, onLog, onDone
-        self.cancelled = False
+        self.cancelled, self.finished = False, False
         self.stderr = ""
         self.parser = jobs.ProgressParser()
         self.workdir = jobs.new_workdir()
@@ -447,6 +446,7 @@ class BackgroundRun:
         self.proc.readyReadStandardOutput.connect(self._onStdout)
         self.proc.readyReadStandardError.connect(self._onStderr)
         self.proc.finished.connect(lambda *args: self._onFinished())
+        self.proc.errorOccurred.connect(self._onError)  # e.g. the interpreter could not be started
         if self.onLog:
             self.onLog("background: " + " ".join(args[1:]))
         self.proc.start(args[0], args[1:])
@@ -464,14 +464,23 @@ class BackgroundRun:
         self.cancelled = True
         self.proc.kill()
 
-    def _onFinished(self):
+    def _onError(self, *args):
+        if self.proc.error() == qt.QProcess.FailedToStart:  # no finished() follows
+            self._onFinished(f"could not start {self.proc.program()}: {self.proc.errorString()}")
+
+    def _onFinished(self, startError=None):
         from MRISynthLib import jobs, mrml
 
+        if self.finished:
+            return
+        self.finished = True
         self._onStdout()
         self._onStderr()
         out, error = None, None
         try:
-            if self.cancelled:
+            if startError:
+                error = startError
+            elif self.cancelled:
                 pass
             elif self.proc.exitStatus() == qt.QProcess.NormalExit and self.proc.exitCode() == 0:
                 for message in self.parser.messages:

@@ -117,7 +117,7 @@ def write_inputs(task: str, workdir, volume: Optional[Volume] = None, acquisitio
         if volume is None:
             raise ValueError(f"the {task} task needs a volume")
         vol = Volume(volume.array, volume.spacing, volume.origin, volume.direction,
-                     {**acquisition_metadata(acquisition or {})})
+                     acquisition_metadata(acquisition or {}))
         write_volume(vol, path)
     return path
 

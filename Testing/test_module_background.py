@@ -109,6 +109,18 @@ def test_cancel_and_failure_add_nothing_and_clean_up(module):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n and not run.workdir.exists()
 
 
+def test_a_run_that_cannot_start_reports_it(module, monkeypatch):
+    mod, scene, app = module
+    node = _se_node(scene)
+    monkeypatch.setattr(mod, "pythonSlicerExecutable", lambda: "/nonexistent/PythonSlicer")
+    done = []
+    run = mod.BackgroundRun("translate", {"direction": "t1_to_t2", "device": "cpu"}, node,
+                            onDone=lambda o, e: done.append((o, e)))
+    _wait(app, lambda: done, timeout=20)
+    assert done == [(None, done[0][1])] and "could not start" in done[0][1]
+    assert not run.workdir.exists()
+
+
 def test_job_from_parameters_covers_every_task(module):
     mod = module[0]
     scene = module[1]
