@@ -34,7 +34,8 @@ METHODS = ("zero-filled", "cg-sense", "cs", "unrolled", "flow")
 
 def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[float] = None):
     """A catalog unrolled network, cached per device. Without ``model``: the shipped one
-    trained at the acceleration closest to ``accel`` (the first one when not given)."""
+    trained at the acceleration closest to ``accel``, the best benchmarked (PSNR) among
+    equals (the first one when ``accel`` is not given)."""
     from ..catalog import get_card, load_network, shipped_models
     from ..models.unrolled import UnrolledConfig, UnrolledNet
 
@@ -42,7 +43,8 @@ def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[floa
         # the default skips models trained for a special regime (the flow comparison's 80 x 64 magnitudes)
         cands = [c for c in shipped_models("recon", "unrolled reconstruction") if not c.training.get("regime")]
         if accel:
-            cands.sort(key=lambda c: abs(np.log(float(c.training.get("acceleration", 4.0)) / accel)))
+            cands.sort(key=lambda c: (abs(np.log(float(c.training.get("acceleration", 4.0)) / accel)),
+                                      -float(c.metrics.get("psnr_mean", -np.inf))))
         model = cands[0].id
     card = get_card(model)
     return load_network(card, lambda arch: UnrolledNet(UnrolledConfig(**arch)), device), card
