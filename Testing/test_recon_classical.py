@@ -138,3 +138,10 @@ def test_unrolled_model_choice_follows_the_acceleration():
 
     assert load_unrolled(None, "cpu", accel=4.2)[1].training["acceleration"] == 4
     assert load_unrolled(None, "cpu", accel=7.5)[1].training["acceleration"] == 8
+    # the mask family decides first: a 1D line mask never gets the Poisson-disc model, and back
+    assert load_unrolled(None, "cpu", accel=4, family="1d")[1].training["mask_kind"] == "vd1d"
+    assert load_unrolled(None, "cpu", accel=4, family="2d")[1].training["mask_kind"] == "poisson2d"
+    from MRISynthLib.physics.masks import make_mask
+    from MRISynthLib.tasks.recon import mask_family
+    assert mask_family(make_mask("vd1d", (64, 80), 4).for_kspace(64)) == "1d"
+    assert mask_family(make_mask("poisson2d", (64, 80), 4).for_kspace(64)) == "2d"

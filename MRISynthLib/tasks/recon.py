@@ -32,16 +32,32 @@ from . import Cancelled
 METHODS = ("zero-filled", "cg-sense", "cs", "unrolled", "flow")
 
 
-def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[float] = None):
-    """A catalog unrolled network, cached per device. Without ``model``: the shipped one
-    trained at the acceleration closest to ``accel``, the best benchmarked (PSNR) among
-    equals (the first one when ``accel`` is not given)."""
+ONE_D_MASKS = ("vd1d", "equispaced")
+
+
+def mask_family(mask: np.ndarray) -> str:
+    """"1d" when every sampled phase-encode line is fully sampled along kx, else "2d"."""
+    m = np.asarray(mask) > 0
+    m2 = m.reshape(-1, m.shape[-2], m.shape[-1]) if m.ndim >= 2 else m[None, None]
+    return "1d" if all((mi == mi[:1]).all() for mi in m2) else "2d"
+
+
+def load_unrolled(model: Optional[str] = None, device=None, accel: Optional[float] = None,
+                  family: Optional[str] = None):
+    """A catalog unrolled network, cached per device. Without ``model``: among the shipped
+    ones trained for the mask ``family`` ("1d" lines or "2d" Poisson disc; all when not
+    given), the one trained at the acceleration closest to ``accel``, the best benchmarked
+    (PSNR) among equals (the first one when ``accel`` is not given)."""
     from ..catalog import get_card, load_network, shipped_models
     from ..models.unrolled import UnrolledConfig, UnrolledNet
 
     if model is None:
         # the default skips models trained for a special regime (the flow comparison's 80 x 64 magnitudes)
         cands = [c for c in shipped_models("recon", "unrolled reconstruction") if not c.training.get("regime")]
+        if family is not None:
+            same = [c for c in cands
+                    if (c.training.get("mask_kind", "vd1d") in ONE_D_MASKS) == (family == "1d")]
+            cands = same or cands
         if accel:
             cands.sort(key=lambda c: (abs(np.log(float(c.training.get("acceleration", 4.0)) / accel)),
                                       -float(c.metrics.get("psnr_mean", -np.inf))))
@@ -181,7 +197,7 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
         from ..models.unrolled import UnrolledNet
 
         accel = mask.size / max(float(mask.sum()), 1.0)
-        net = model if isinstance(model, UnrolledNet) else load_unrolled(model, device, accel)[0]
+        net = model if isinstance(model, UnrolledNet) else load_unrolled(model, device, accel, mask_family(mask))[0]
         dev = next(net.parameters()).device
     scale = np.percentile(np.abs(C.zero_filled(k[s // 2], None, mask)), 99) or 1.0
     for i in tqdm(range(s), desc=method, unit="slice", disable=not progress):
