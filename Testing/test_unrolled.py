@@ -87,3 +87,27 @@ def test_trainer_lowers_its_loss_and_resumes(tmp_path, loss):
     assert validate(net, normalise(data)) < 1.0
     train_unrolled(cfg, data, tmp_path, tc, progress=False)  # already done: resumes at step 30
     assert len((tmp_path / f"unrolled_resnet_{loss}_loss.csv").read_text().splitlines()) == 30
+
+
+def test_cosine_schedule_holds_then_anneals_and_resumes(tmp_path):
+    from MRISynthLib.training.common import cosine_lr
+    from MRISynthLib.training.unrolled import UnrolledTrainConfig, train_unrolled
+
+    assert cosine_lr(1e-3, 5, 20, start=10) == 1e-3                       # held before the decay
+    assert cosine_lr(1e-3, 10, 20, start=10) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 15, 20, start=10) == pytest.approx(0.525e-3)   # half way: mean of 1 and 0.05
+    assert cosine_lr(1e-3, 20, 20, start=10) == pytest.approx(0.05e-3)
+    assert cosine_lr(1e-3, 99, 20, start=10) == pytest.approx(0.05e-3)    # held at the floor after it
+
+    img, maps, mask, y = _problem(b=2, n=24, seed=2)
+    data = {"imgs": img.numpy().astype(np.complex64), "maps": maps.numpy().astype(np.complex64),
+            "masks": mask.expand(2, -1, -1).numpy().astype(np.float32), "ksp": y.numpy().astype(np.complex64)}
+    cfg = UnrolledConfig(unrolls=1, width=4, blocks=1, cg_iters=2)
+    train_unrolled(cfg, data, tmp_path, UnrolledTrainConfig(steps=4, batch=2, lr=2e-3, ckpt_every=2), progress=False)
+    lr_of = lambda: torch.load(tmp_path / "unrolled_resnet_supervised_ckpt.pt", weights_only=False)["opt"]["param_groups"][0]["lr"]  # noqa: E731,E501
+    assert lr_of() == 2e-3                                                  # constant schedule
+    tc = UnrolledTrainConfig(steps=8, batch=2, lr=2e-3, ckpt_every=2, schedule="cosine", decay_from=4)
+    train_unrolled(cfg, data, tmp_path, tc, progress=False)                 # resumes at 4, anneals to 8
+    assert lr_of() == pytest.approx(cosine_lr(2e-3, 7, 8, start=4))
+    with pytest.raises(ValueError, match="schedule"):
+        train_unrolled(cfg, data, tmp_path, UnrolledTrainConfig(steps=9, schedule="step"), progress=False)

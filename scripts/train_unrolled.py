@@ -3,6 +3,7 @@
 
     python scripts/train_unrolled.py --denoiser resnet --accel 4 --mask vd1d --scale 0.5 --steps 2000
     python scripts/train_unrolled.py --denoiser unet --loss unsupervised ...
+    python scripts/train_unrolled.py ... --steps 2800 --schedule cosine --decay-from 1200   # resume and anneal
     python scripts/train_unrolled.py --flow-regime --bits 4 --center 6 --steps 1500   # the flow prior's data
 
 Training slices 0-149, validation 150-159 (test slices 160-199 are never touched here).
@@ -41,6 +42,9 @@ def main():
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                    help="cosine: --lr until --decay-from, then down to 5%% of it at --steps")
+    ap.add_argument("--decay-from", type=int, default=0, help="step where the cosine decay starts")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", metavar="MODEL_ID", help="ship the trained weights under this catalog id")
@@ -60,6 +64,7 @@ def main():
         out = Path(a.out) / f"{a.mask}_R{a.accel:g}_s{a.scale:g}"
     cfg = UnrolledConfig(denoiser=a.denoiser, unrolls=a.unrolls, shared=not a.separate, width=a.width)
     net = train_unrolled(cfg, train, out, UnrolledTrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, loss=a.loss,
+                                                              schedule=a.schedule, decay_from=a.decay_from,
                                                               seed=a.seed, threads=a.threads), val=val)
     print(f"checkpoints and loss log in {out}")
     if a.export:
@@ -75,7 +80,9 @@ def main():
                               + (f", {a.bits}-bit" if a.bits else ""),
                       "mask_kind": a.mask, "acceleration": a.accel,
                       **({"regime": "flow80x64"} if a.flow_regime else {}), "loss": a.loss, "steps": a.steps,
-                      "batch": a.batch, "lr": a.lr, "device": "cpu"},
+                      "batch": a.batch, "lr": a.lr, "device": "cpu",
+                      "schedule": "constant" if a.schedule == "constant"
+                      else f"constant to step {a.decay_from}, then cosine to 5 % at step {a.steps}"},
             description=f"Unrolled {a.denoiser} denoiser + CG data consistency, {cfg.unrolls} unrolls")
         print(f"shipped {card.weights} (sha256 {card.sha256[:12]}...)")
 

@@ -34,7 +34,7 @@ from ..data.cine import CineSet
 from ..metrics import psnr, ssim
 from ..models.dynamic import DynamicConfig, build_dynamic, from_hybrid, to_hybrid
 from ..physics.masks import variable_density_kt
-from .common import log_step, resume, save_ckpt, start_run
+from .common import cosine_lr, log_step, resume, save_ckpt, start_run
 
 TEST_NOISE = 0.005
 N_CENTER = 11
@@ -166,7 +166,7 @@ def train_cine(cfg: DynamicConfig, data: CineSet, out_dir, tc: CineTrainConfig, 
 
     def set_lr(step):
         if tc.schedule == "cosine":
-            lr = tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / max(tc.steps, 1))))
+            lr = cosine_lr(tc.lr, step, tc.steps)
         elif tc.schedule == "plateau":
             lr = sched_state["lr"]
         else:

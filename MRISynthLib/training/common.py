@@ -1,7 +1,8 @@
-"""Helpers shared by the trainers: run set-up, checkpoint save (atomic), resume and the
-per-step log/checkpoint cadence."""
+"""Helpers shared by the trainers: run set-up, checkpoint save (atomic), resume, the
+cosine learning-rate schedule and the per-step log/checkpoint cadence."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,15 @@ def resume(ckpt: Path, module: torch.nn.Module, opt) -> int:
     module.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
     return int(st["step"])
+
+
+def cosine_lr(base: float, step: int, total: int, start: int = 0, floor: float = 0.05) -> float:
+    """Learning rate at ``step``: ``base`` until ``start``, then a cosine from ``base`` down to
+    ``floor * base`` at ``total`` (held there after it)."""
+    if step < start:
+        return base
+    frac = min((step - start) / max(total - start, 1), 1.0)
+    return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
 def log_step(writer, log, row, step: int, every: int, save) -> None:

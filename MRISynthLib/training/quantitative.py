@@ -43,7 +43,7 @@ from ..models.quantitative import QuantConfig, QuantMaps, QuantNet, encode_acqui
 from ..physics.phantoms import Phantom, add_noise, bias_field, brainweb_phantom, mni152_phantom
 from ..physics.signal import SequenceParams
 from ..physics.tissues import get_table, jitter_table
-from .common import log_step, resume, save_ckpt, start_run
+from .common import cosine_lr, log_step, resume, save_ckpt, start_run
 
 DEFAULT_SEQ = SequenceParams("se", 0.05, 4.5)
 LOSS_PARTS = ("render", "frac", "pd", "bias", "relax", "g")
@@ -246,7 +246,7 @@ def train_quantitative(cfg: QuantConfig, out_dir, tc: QuantTrainConfig, fraction
     start = resume(ckpt, net, opt)
 
     def lr_at(s):  # cosine from lr to 5 % of it over tc.steps (a resume with more steps stretches it)
-        return tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, tc.steps) / tc.steps)))
+        return cosine_lr(tc.lr, s, tc.steps)
     log = open(out_dir / "quant_loss.csv", "a", newline="")
     wr = csv.writer(log)
     if start == 0:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .common import resume, save_ckpt, start_run
+from .common import cosine_lr, resume, save_ckpt, start_run
 from ..models.paramnet import ReparamConfig, ReparamModel, encode_params, xavier_init
 
 
@@ -106,7 +106,7 @@ class TrainConfig:
 def _lr_at(step, total, base):
     # linear warm-up over 100 steps, cosine decay to 5% of the base rate
     warm = min(1.0, (step + 1) / 100)
-    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0))))
+    return warm * cosine_lr(base, step, total)
 
 
 def autoencoder_pool(data: PaperData, n_sim: int = 600, n_siat: int = 150, size: int = 256, seed: int = 0,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..models.unrolled import UnrolledConfig, UnrolledNet
 from ..physics.sense import sense_forward
-from .common import log_step, resume, save_ckpt, start_run
+from .common import cosine_lr, log_step, resume, save_ckpt, start_run
 
 
 @dataclass
@@ -29,6 +29,8 @@ class UnrolledTrainConfig:
     steps: int = 2000
     batch: int = 4
     lr: float = 1e-3
+    schedule: str = "constant"    # or "cosine": lr until decay_from, then cosine to 5 % at steps
+    decay_from: int = 0
     loss: str = "supervised"      # or "unsupervised"
     holdout: float = 0.4          # unsupervised: fraction of sampled points held back
     seed: int = 0
@@ -54,6 +56,8 @@ def normalise(batch: Dict[str, np.ndarray]):
 
 def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, tc: UnrolledTrainConfig,
                    val: Optional[Dict[str, np.ndarray]] = None, progress: bool = True) -> UnrolledNet:
+    if tc.schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown schedule {tc.schedule!r} (constant or cosine)")
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     net = UnrolledNet(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
@@ -75,6 +79,8 @@ def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, t
         for step in tqdm(range(start, tc.steps), desc=tag, initial=start, total=tc.steps, disable=not progress):
             idx = rng.choice(n, tc.batch, replace=False) if n >= tc.batch else rng.choice(n, tc.batch)
             k, maps, mask, img = (_t(train[key][idx]) for key in ("ksp", "maps", "masks", "imgs"))
+            for g in opt.param_groups:
+                g["lr"] = tc.lr if tc.schedule == "constant" else cosine_lr(tc.lr, step, tc.steps, tc.decay_from)
             if tc.loss == "supervised":
                 out = net(k, maps, mask)
                 loss = (out - img).abs().pow(2).mean()
