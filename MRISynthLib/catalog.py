@@ -131,20 +131,36 @@ def load_network(card: ModelCard, build, device=None):
     return _NETWORKS[key]
 
 
-def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = True, **fields) -> ModelCard:
+def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = True,
+         models_dir: Optional[Path] = None, **fields) -> ModelCard:
     """Write the weights beside the catalog and add (or replace) the model's card.
 
     ``fields`` are further :class:`ModelCard` fields; metrics and timing already in the
-    catalog are kept unless given.
+    catalog are kept unless given. Replacing weights keeps the card's provenance: the
+    earlier ``training["history"]`` is carried over and the replaced weights' SHA256,
+    steps and metrics are added to it (keyed by their step count), so an export never
+    loses what the previous model measured. ``models_dir`` (default: the shipped models
+    folder) holds the weights and ``catalog.json``.
     """
+    models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
+    catalog_file = models_dir / CATALOG_FILE.name
     fname = f"{model_id}.safetensors"
-    sha = save_weights(state_dict, MODELS_DIR / fname, fp16=fp16)
-    cards = load_catalog()
+    sha = save_weights(state_dict, models_dir / fname, fp16=fp16)
+    cards = load_catalog(catalog_file)
     old = cards.get(model_id)
     keep = {"metrics": old.metrics, "timing": old.timing} if old else {}
+    training = dict(fields.pop("training", old.training if old else {}))
+    if old is not None:
+        history = {**old.training.get("history", {}), **training.get("history", {})}
+        if old.sha256 != sha and old.metrics:
+            key = str(old.training.get("steps", "previous"))
+            history.setdefault(key, {"sha256": old.sha256, "metrics": old.metrics})
+        if history:
+            training["history"] = history
     cards[model_id] = ModelCard(id=model_id, version=fields.pop("version", "1.0"), task=task,
-                                architecture=architecture, weights=fname, sha256=sha, **{**keep, **fields})
-    save_catalog(cards)
+                                architecture=architecture, weights=fname, sha256=sha, training=training,
+                                **{**keep, **fields})
+    save_catalog(cards, catalog_file)
     return cards[model_id]
 
 

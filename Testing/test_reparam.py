@@ -117,6 +117,27 @@ def test_catalog_roundtrip(tmp_path):
         catalog.get_card("zzz", back)
 
 
+def test_shipping_new_weights_keeps_the_previous_model_in_the_history(tmp_path):
+    import torch
+
+    lin = torch.nn.Linear(2, 1)
+    c1 = catalog.ship("m", "reparam", {"w": 1}, lin.state_dict(), models_dir=tmp_path,
+                      training={"steps": 100, "history": {"50": {"psnr_mean": 20.0}}})
+    cards = catalog.load_catalog(tmp_path / "catalog.json")
+    cards["m"].metrics = {"psnr_mean": 25.0}            # what a benchmark writes
+    catalog.save_catalog(cards, tmp_path / "catalog.json")
+    with torch.no_grad():
+        lin.weight += 1.0
+    c2 = catalog.ship("m", "reparam", {"w": 1}, lin.state_dict(), models_dir=tmp_path, training={"steps": 200})
+    assert c2.sha256 != c1.sha256 and c2.training["steps"] == 200
+    assert c2.training["history"] == {"50": {"psnr_mean": 20.0},
+                                      "100": {"sha256": c1.sha256, "metrics": {"psnr_mean": 25.0}}}
+    assert c2.metrics == {"psnr_mean": 25.0}            # kept until the benchmark measures again
+    assert catalog.load_catalog(tmp_path / "catalog.json")["m"] == c2
+    c3 = catalog.ship("m", "reparam", {"w": 1}, lin.state_dict(), models_dir=tmp_path)   # same weights
+    assert c3.training == c2.training                  # nothing added, training carried over
+
+
 def test_reparameterize_keeps_geometry_and_input(tiny_p2p):
     rng = np.random.default_rng(0)
     arr = rng.uniform(0, 500, (3, 40, 56)).astype(np.float32)
