@@ -201,16 +201,17 @@ def main():
     x, _ = normalize_8bit(render_truth(f, "mrilab_full", DEFAULT))
     est = estimate_maps(x.astype(np.float32), DEFAULT, model=net, use_cache=False)
     names = ["T1w", "T2w", "PDw", "FLAIR", "STIR"]
-    r_row = [to_u8(est.render(PRESETS[n])) for n in names]
-    t_row = [normalize_8bit(render_truth(f, "mrilab_full", PRESETS[n]))[0].astype(np.float64) for n in names]
+    r_raw = [est.render(PRESETS[n]) for n in names]
+    t_raw = [render_truth(f, "mrilab_full", PRESETS[n]) for n in names]
+    r_row = [to_u8(r) for r in r_raw]
+    t_row = [normalize_8bit(t)[0].astype(np.float64) for t in t_raw]
     e_row = [np.abs(r - t) for r, t in zip(r_row, t_row)]
     # the montage's display normalisation (each image to its own maximum) shows a wrong
     # brightest tissue as a global scale error; give the error inside the head after one
     # least-squares scale, and the synthesized maximum against the truth's at that scale
     print("\nmontage slice (MRiLab+fat table), inside the head after one least-squares scale:")
-    for n in names:
-        r = est.render(PRESETS[n]).astype(np.float64)
-        t = render_truth(f, "mrilab_full", PRESETS[n]).astype(np.float64)
+    for n, r, t in zip(names, r_raw, t_raw):
+        r, t = r.astype(np.float64), t.astype(np.float64)
         head = t > 0.05 * t.max()
         sc = (r[head] * t[head]).sum() / max((r[head] ** 2).sum(), 1e-12)
         print(f"  {n:5s} relative error {np.linalg.norm(sc * r[head] - t[head]) / np.linalg.norm(t[head]):.3f}, "

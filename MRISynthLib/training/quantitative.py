@@ -245,8 +245,6 @@ def train_quantitative(cfg: QuantConfig, out_dir, tc: QuantTrainConfig, fraction
     ckpt = out_dir / "quant_ckpt.pt"
     start = resume(ckpt, net, opt)
 
-    def lr_at(s):  # cosine from lr to 5 % of it over tc.steps (a resume with more steps stretches it)
-        return cosine_lr(tc.lr, s, tc.steps)
     log = open(out_dir / "quant_loss.csv", "a", newline="")
     wr = csv.writer(log)
     if start == 0:
@@ -274,7 +272,7 @@ def train_quantitative(cfg: QuantConfig, out_dir, tc: QuantTrainConfig, fraction
             images, acq, p, relax, present, g, extra = collate(samples)
             targets = [random_acquisition(rng) for _ in range(2)]
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = cosine_lr(tc.lr, step, tc.steps)  # a resume with more steps stretches it
             q = net(images, acq)
             loss, parts = quant_loss(q, p, relax, present, g, targets, tc, extra)
             opt.zero_grad(set_to_none=True)
