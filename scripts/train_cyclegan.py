@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from MRISynthLib.models.cyclegan import WIDTHS, CycleGANConfig  # noqa: E402
-from MRISynthLib.training.cyclegan import CycleTrainConfig, train_cyclegan, write_gif  # noqa: E402
+from MRISynthLib.training.cyclegan import PROTOCOLS, CycleTrainConfig, train_cyclegan, write_gif  # noqa: E402
 
 
 def main():
@@ -36,6 +36,10 @@ def main():
     ap.add_argument("--warm-steps", type=int, default=0, help="unpaired warm-start steps (inversion matching)")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--anatomies", default="brainweb", help="comma-separated: brainweb,mni152")
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="standard",
+                    help="TE/TR ranges of the T1w and T2w domains (see MRISynthLib.training.cyclegan)")
+    ap.add_argument("--init-from", default=None, metavar="CKPT",
+                    help="continue from another run's checkpoint when --out has none (e.g. another protocol)")
     ap.add_argument("--frame-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -46,8 +50,8 @@ def main():
     cfg = CycleGANConfig(size=a.size, gan_mode=a.gan_mode, **WIDTHS[a.width])
     tc = CycleTrainConfig(steps=a.steps, lr=a.lr, lam_id=a.lam_id, warm_steps=a.warm_steps,
                           load_size=round(a.size * 286 / 256), anatomies=tuple(a.anatomies.split(",")),
-                          frame_every=a.frame_every, threads=a.threads, seed=a.seed)
-    net = train_cyclegan(cfg, a.out, tc)
+                          frame_every=a.frame_every, threads=a.threads, seed=a.seed, protocol=a.protocol)
+    net = train_cyclegan(cfg, a.out, tc, init_from=a.init_from)
     if a.gif_out:
         write_gif(Path(a.out) / "frames", Path(a.gif_out), scale=0.5)
         print(f"wrote {a.gif_out}")

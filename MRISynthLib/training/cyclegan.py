@@ -3,8 +3,13 @@
 Data, simulated on the fly with the foundation's physics from partial-volume tissue
 fractions (axial slices on a 2 mm grid resized to 256 x 256):
 
-* T1-weighted spin echo: TE 8-20 ms, TR 400-700 ms; T2-weighted spin echo: TE 80-120 ms,
-  TR 3-6 s (uniform);
+* T1-weighted and T2-weighted spin echo with TE and TR uniform in the ranges of a named
+  protocol (:data:`PROTOCOLS`): ``standard`` (T1w TE 10-14 ms, TR 450-550 ms; T2w TE
+  90-110 ms, TR 3.5-4.5 s), the default, or ``wide`` (T1w TE 8-20 ms, TR 400-700 ms; T2w
+  TE 80-120 ms, TR 3-6 s). An unconditioned translator cannot read the target's TE/TR
+  from its input, so its output contrast is only defined up to the spread of the target
+  domain: with ``wide`` the grey-matter level of a T2w image varies by about a factor 2,
+  with ``standard`` by about 15 %;
 * tissue table MRiLab or MRiLab+fat/glial, jittered per sample (log-normal, 5 % PD,
   10 % T1/T2); a smooth receive bias (up to +/-10 %) on half of the samples; Rician noise
   at SNR 30-150 (log-uniform);
@@ -53,9 +58,9 @@ from ..physics.tissues import jitter_table
 from .common import save_ckpt, start_run
 from .quantitative import held_out_z, load_anatomy, slice_fractions, train_z
 
-CONTRASTS = {  # (TE range, TR range) in seconds
-    "t1": ((0.008, 0.020), (0.4, 0.7)),
-    "t2": ((0.08, 0.12), (3.0, 6.0)),
+PROTOCOLS = {  # name -> contrast -> (TE range, TR range) in seconds
+    "standard": {"t1": ((0.010, 0.014), (0.45, 0.55)), "t2": ((0.09, 0.11), (3.5, 4.5))},
+    "wide": {"t1": ((0.008, 0.020), (0.4, 0.7)), "t2": ((0.08, 0.12), (3.0, 6.0))},
 }
 TEST_SNR = 60.0
 JITTER = {"pd": 0.05, "t1": 0.10, "t2": 0.10, "t2star": 0.10}
@@ -78,12 +83,19 @@ class CycleTrainConfig:
     frame_every: int = 500
     anatomies: Tuple[str, ...] = ("brainweb",)
     tables: Tuple[str, ...] = ("mrilab", "mrilab_full")
+    protocol: str = "standard"    # a key of PROTOCOLS: the TE/TR ranges of both domains
+
+
+def _ranges(contrast: str, protocol: str):
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[protocol][contrast]
 
 
 def random_image(frac: np.ndarray, contrast: str, rng: np.random.Generator,
-                 tables: Sequence[str] = ("mrilab", "mrilab_full")) -> np.ndarray:
-    """One randomised training image of a contrast (``t1``/``t2``), in [-1, 1]."""
-    (te0, te1), (tr0, tr1) = CONTRASTS[contrast]
+                 tables: Sequence[str] = ("mrilab", "mrilab_full"), protocol: str = "standard") -> np.ndarray:
+    """One randomised training image of a contrast (``t1``/``t2``) of a protocol, in [-1, 1]."""
+    (te0, te1), (tr0, tr1) = _ranges(contrast, protocol)
     seq = SequenceParams("se", float(rng.uniform(te0, te1)), float(rng.uniform(tr0, tr1)))
     table = jitter_table(tables[rng.integers(len(tables))], rng, JITTER)
     img = render_fractions(frac, seq, table)
@@ -131,17 +143,18 @@ def load_domains(anatomies: Sequence[str], size: int = 256) -> Tuple[np.ndarray,
     return np.concatenate(a), np.concatenate(b)
 
 
-def test_seq(contrast: str, q: float = 0.5) -> SequenceParams:
-    """The acquisition at fraction ``q`` of a contrast's TE and TR ranges."""
-    (te0, te1), (tr0, tr1) = CONTRASTS[contrast]
+def test_seq(contrast: str, q: float = 0.5, protocol: str = "standard") -> SequenceParams:
+    """The acquisition at fraction ``q`` of a contrast's TE and TR ranges in a protocol."""
+    (te0, te1), (tr0, tr1) = _ranges(contrast, protocol)
     return SequenceParams("se", te0 + q * (te1 - te0), tr0 + q * (tr1 - tr0))
 
 
 def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence[str] = ("mrilab", "mrilab_full"),
-               quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> Dict[str, np.ndarray]:
+               quantiles: Sequence[float] = (0.25, 0.5, 0.75), protocol: str = "standard") -> Dict[str, np.ndarray]:
     """Paired held-out slices: noisy inputs and noise-free references of both contrasts.
 
-    For every held-out slice, tissue table and quantile ``q`` of the TE/TR ranges, the T1w
+    For every held-out slice, tissue table and quantile ``q`` of the protocol's TE/TR
+    ranges, the T1w
     and T2w images of the same anatomy and tissues. Returns ``{"t1_in", "t2_in", "t1",
     "t2"}``, each (N, size, size) float32 in physical units (PD = 1 for water), plus
     ``"z"`` (the slice of each pair) and ``"brain"`` (N, size, size) bool (CSF + grey +
@@ -157,7 +170,7 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
         for table in tables:
             for q in quantiles:
                 for c in ("t1", "t2"):
-                    clean = render_fractions(f, test_seq(c, q), table)
+                    clean = render_fractions(f, test_seq(c, q, protocol), table)
                     out[c].append(clean)
                     out[c + "_in"].append(add_noise(clean, TEST_SNR, rng))
                 out["z"].append(z)
@@ -226,18 +239,20 @@ def _warm_step(net: CycleGAN, opt_g, real_a: torch.Tensor, real_b: torch.Tensor)
 
 
 def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=None, frame_pair=None,
-                   progress: bool = True) -> CycleGAN:
+                   progress: bool = True, init_from=None) -> CycleGAN:
     """Train (or resume) a CycleGAN; checkpoint, loss log, frames and GIF in ``out_dir``.
 
     ``domains``: (T1 fractions, T2 fractions) to use instead of :func:`load_domains`;
-    ``frame_pair``: a dict like one entry of :func:`test_pairs` for the GIF frames.
+    ``frame_pair``: a dict like one entry of :func:`test_pairs` for the GIF frames;
+    ``init_from``: another run's checkpoint to continue from (weights, optimisers, pools
+    and step) when ``out_dir`` has none yet, e.g. to fine-tune on another protocol.
     """
     from PIL import Image
 
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     fa, fb = load_domains(tc.anatomies, cfg.size) if domains is None else domains
     if frame_pair is None:
-        tp = test_pairs(tc.anatomies[0], cfg.size, tables=("mrilab",), quantiles=(0.5,))
+        tp = test_pairs(tc.anatomies[0], cfg.size, tables=("mrilab",), quantiles=(0.5,), protocol=tc.protocol)
         mid = len(tp["t1"]) // 2
         frame_pair = {k: v[mid] for k, v in tp.items()}
     net = CycleGAN(cfg)
@@ -246,8 +261,10 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
     pool_a, pool_b = ImagePool(tc.pool, random.Random(tc.seed)), ImagePool(tc.pool, random.Random(tc.seed + 1))
     ckpt = out_dir / "cyclegan_ckpt.pt"
     start = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+    if ckpt.exists() or init_from is not None:
+        st = torch.load(ckpt if ckpt.exists() else init_from, weights_only=False)
+        if st["config"] != cfg.to_dict():
+            raise ValueError(f"checkpoint model config {st['config']} differs from {cfg.to_dict()}")
         net.load_state_dict(st["model"])
         opt_g.load_state_dict(st["opt_g"])
         opt_d.load_state_dict(st["opt_d"])
@@ -284,8 +301,10 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
         for step in tqdm(range(start, tc.steps), desc="cyclegan", initial=start, total=tc.steps,
                          disable=not progress):
             rng = np.random.default_rng([tc.seed, step])
-            a = np.stack([random_image(fa[i], "t1", rng, tc.tables) for i in rng.integers(len(fa), size=tc.batch)])
-            b = np.stack([random_image(fb[i], "t2", rng, tc.tables) for i in rng.integers(len(fb), size=tc.batch)])
+            a = np.stack([random_image(fa[i], "t1", rng, tc.tables, tc.protocol)
+                          for i in rng.integers(len(fa), size=tc.batch)])
+            b = np.stack([random_image(fb[i], "t2", rng, tc.tables, tc.protocol)
+                          for i in rng.integers(len(fb), size=tc.batch)])
             real_a = jitter_batch(torch.from_numpy(a)[:, None], rng, tc.load_size, cfg.size)
             real_b = jitter_batch(torch.from_numpy(b)[:, None], rng, tc.load_size, cfg.size)
             for o in (opt_g, opt_d):
