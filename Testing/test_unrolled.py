@@ -39,6 +39,28 @@ def test_data_consistency_is_exact_on_sampled_kspace_for_large_mu():
     assert torch.allclose(x0, z, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [32, 27])
+def test_data_consistency_equals_cg_on_the_centred_sense_operator(n):
+    """The shift-free CG of data_consistency against CG written with the SENSE operators."""
+    from MRISynthLib.recon.classical import conjugate_gradient
+
+    img, maps, _, _ = _problem(n=n)
+    mask = torch.from_numpy(masks.variable_density_1d(n, 3, n_center=6, seed=1).for_kspace(n)).double()
+    y = sense.sense_forward(img, maps, mask) + 0.01 * torch.randn(2, 4, n, n, dtype=torch.complex128)
+    aty = sense.sense_adjoint(y, maps, mask)
+    z = img + 0.1 * torch.randn_like(img)
+    mu = torch.tensor(2.0, dtype=torch.float64)
+    ref, _ = conjugate_gradient(lambda v: mu * sense.sense_adjoint(sense.sense_forward(v, maps, mask), maps, mask) + v,
+                                mu * aty + z, x0=z, iters=6, tol=1e-7)
+    out = data_consistency(z, aty, maps, mask, mu, iters=6, x0=z)
+    assert torch.allclose(out, ref, atol=1e-12)
+    # gradients reach the denoiser output and mu through it
+    z.requires_grad_(True)
+    mu.requires_grad_(True)
+    data_consistency(z, aty, maps, mask, mu, iters=3).abs().sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and mu.grad is not None and mu.grad != 0
+
+
 @pytest.mark.parametrize("den", ["resnet", "unet"])
 def test_unrolled_shapes_and_weight_sharing(den):
     img, maps, mask, y = _problem(n=28)  # not a multiple of 8: the U-Net pads and crops

@@ -5,6 +5,7 @@
         --figure docs/recon_r4.png
     python scripts/bench_recon.py --ckpt runs/unrolled/vd1d_R4_s0.5/unrolled_resnet_supervised_ckpt.pt
     python scripts/bench_recon.py --accel 8          # classical methods only at R = 8
+    python scripts/bench_recon.py --sigpy-cs ...     # also time sigpy's L1WaveletRecon (same lambda, iterations)
 
 Test slices: SIAT 160-199 (never trained on), simulated with the training settings
 (8 coils, SNR 40, the given mask and acceleration, resize --scale), a different mask per
@@ -48,6 +49,8 @@ def main():
     ap.add_argument("--cs-lamda", type=float, default=2e-3)
     ap.add_argument("--cs-iters", type=int, default=100)
     ap.add_argument("--figure", default=None)
+    ap.add_argument("--sigpy-cs", action="store_true",
+                    help="also time sigpy's L1WaveletRecon on the same problems (an independent CS implementation)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     mc = MulticoilConfig(mask_kind=a.mask, accel=a.accel, scale=a.scale, seed=12345)
@@ -59,6 +62,11 @@ def main():
         "L1-wavelet CS": lambda i: C.l1_wavelet_cs(d["ksp"][i], d["maps"][i], d["masks"][i], lamda=a.cs_lamda,
                                                    iters=a.cs_iters),
     }
+    if a.sigpy_cs:
+        import sigpy.mri.app as sigpy_app
+
+        methods["L1-wavelet CS (sigpy)"] = lambda i: sigpy_app.L1WaveletRecon(
+            d["ksp"][i], d["maps"][i], a.cs_lamda, weights=d["masks"][i], max_iter=a.cs_iters, show_pbar=False).run()
     for ck in a.ckpt:
         st = torch.load(ck, weights_only=False)
         net = UnrolledNet(UnrolledConfig(**st["config"]))
@@ -97,10 +105,12 @@ def main():
         print(f"{name:34s} {m[0]:7.2f} +/- {sd[0]:4.2f} {m[1]:6.3f} +/- {sd[1]:4.3f} {m[2]:8.4f} +/- {sd[2]:5.4f} "
               f"{dt:8.3f}")
     cs = results["L1-wavelet CS"]
+    sp = results.get("L1-wavelet CS (sigpy)")
     for name, r in results.items():
         if name.startswith("unrolled") or name in a.model:
             print(f"{name}: {r['psnr_mean'] - cs['psnr_mean']:+.2f} dB vs CS (target >= +2), "
-                  f"{cs['s_per_slice_cpu'] / r['s_per_slice_cpu']:.1f}x faster (target >= 10x)")
+                  f"{cs['s_per_slice_cpu'] / r['s_per_slice_cpu']:.1f}x faster (target >= 10x)"
+                  + (f"; {sp['s_per_slice_cpu'] / r['s_per_slice_cpu']:.1f}x faster than sigpy's CS" if sp else ""))
     if a.update_catalog and a.model:
         from MRISynthLib import catalog
         cards = catalog.load_catalog()
@@ -111,6 +121,7 @@ def main():
         print("catalog updated")
     if a.figure:
         from MRISynthLib.viz import montage
+        recs.pop("L1-wavelet CS (sigpy)", None)     # the same image as ours (checked in the tests)
         ref = np.abs(d["imgs"][0])
         row = [ref] + [np.abs(r[0]) for r in recs.values()]
         err = [np.zeros_like(ref)] + [np.abs(np.abs(r[0]) - ref) for r in recs.values()]
