@@ -159,6 +159,48 @@ def test_training_steps_lower_the_generator_loss_and_resume(tmp_path):
     assert len(np.genfromtxt(tmp_path / "cyclegan_loss.csv", delimiter=",", names=True)) == 62
 
 
+def test_protocols_set_the_acquisitions_of_training_images_and_test_pairs(monkeypatch):
+    from MRISynthLib.physics.signal import spin_echo
+    from MRISynthLib.physics.tissues import get_table
+
+    for name, prot in tr.PROTOCOLS.items():
+        for c, ((te0, te1), (tr0, tr1)) in prot.items():
+            mid = tr.test_seq(c, 0.5, name)
+            assert mid.te == pytest.approx((te0 + te1) / 2) and mid.tr == pytest.approx((tr0 + tr1) / 2)
+            assert tr.test_seq(c, 0.0, name).te == pytest.approx(te0) and tr.test_seq(c, 1.0, name).tr == tr1
+    with pytest.raises(ValueError, match="unknown protocol"):
+        tr.test_seq("t2", 0.5, "clinical")
+    # training images of a protocol follow its spin-echo contrast (white matter / CSF of
+    # pure-tissue regions, up to the jitter, bias and noise of the training images)
+    f = _disc_fractions(1, 64)[0]
+    monkeypatch.setitem(tr.PROTOCOLS, "fixed", {"t1": ((0.012, 0.012), (0.5, 0.5)), "t2": ((0.1, 0.1), (4.0, 4.0))})
+    t = get_table("mrilab")
+    csf, wm = f[1] > 0, f[3] > 0
+    for c, te, trep in (("t1", 0.012, 0.5), ("t2", 0.1, 4.0)):
+        imgs = [tr.random_image(f, c, np.random.default_rng(s), ("mrilab",), "fixed") for s in range(8)]
+        ratio = np.mean([(im[wm].mean() + 1) / (im[csf].mean() + 1) for im in imgs])   # (im + 1) ~ signal
+        expect = spin_echo(t[3].pd, t[3].t1, t[3].t2, te, trep) / spin_echo(t[1].pd, t[1].t1, t[1].t2, te, trep)
+        assert ratio == pytest.approx(expect, rel=0.1), c
+
+
+def test_training_continues_from_another_runs_checkpoint(tmp_path):
+    cfg = CycleGANConfig(size=32, ngf=8, ndf=8)
+    fa, fb = _disc_fractions(2, 32, 0), _disc_fractions(2, 32, 2)
+    clean = {c: render_fractions(fa[0], tr.test_seq(c, 0.5, "wide"), "mrilab") for c in ("t1", "t2")}
+    pair = {"t1_in": clean["t1"], "t2_in": clean["t2"], **clean}
+    first = tr.CycleTrainConfig(steps=4, load_size=36, frame_every=1000, threads=1, protocol="wide")
+    tr.train_cyclegan(cfg, tmp_path / "a", first, domains=(fa, fb), frame_pair=pair, progress=False)
+    second = tr.CycleTrainConfig(steps=6, load_size=36, frame_every=1000, threads=1, protocol="standard")
+    tr.train_cyclegan(cfg, tmp_path / "b", second, domains=(fa, fb), frame_pair=pair, progress=False,
+                      init_from=tmp_path / "a" / "cyclegan_ckpt.pt")
+    st = torch.load(tmp_path / "b" / "cyclegan_ckpt.pt", weights_only=False)
+    assert st["step"] == 6 and st["train_config"]["protocol"] == "standard"
+    assert len(np.genfromtxt(tmp_path / "b" / "cyclegan_loss.csv", delimiter=",", names=True)) == 2
+    with pytest.raises(ValueError, match="config"):
+        tr.train_cyclegan(CycleGANConfig(size=32, ngf=4, ndf=8), tmp_path / "c", second, domains=(fa, fb),
+                          frame_pair=pair, progress=False, init_from=tmp_path / "a" / "cyclegan_ckpt.pt")
+
+
 @pytest.fixture(scope="module")
 def tiny_gens():
     torch.manual_seed(0)

@@ -2,11 +2,14 @@
 """Benchmark of the T1w <-> T2w CycleGAN on paired held-out slices.
 
     python scripts/bench_translate.py [--model ID | --ckpt runs/cyclegan/cyclegan_ckpt.pt] [--update-catalog]
+    python scripts/bench_translate.py --protocol wide       # the test pairs at the wide TE/TR ranges
 
 Test pairs (MRISynthLib.training.cyclegan.test_pairs): the paper-protocol held-out slices
 of BrainWeb (trained anatomy; the slices and their neighbours were never trained on) and
 of MNI152 (cross-anatomy: never seen in training), each rendered as T1w and T2w spin echo
-with two tissue tables at three TE/TR settings; inputs with Rician noise (SNR 60),
+with two tissue tables at three TE/TR settings (the quartiles and middle of the ranges of
+a protocol of MRISynthLib.training.cyclegan.PROTOCOLS; by default the one the model was
+trained on); inputs with Rician noise (SNR 60),
 references noise-free. Every image is put on the 0-255 scale of the model's convention
 (its 99.5th percentile -> 255) and PSNR, SSIM (7x7 window) and MAE are computed over the
 whole 256 x 256 slice (and PSNR also inside the brain: CSF + grey + white matter
@@ -41,7 +44,8 @@ from MRISynthLib import catalog  # noqa: E402
 from MRISynthLib.metrics import mae, psnr, ssim  # noqa: E402
 from MRISynthLib.models.cyclegan import CycleGAN, CycleGANConfig, intensity_scale, to_model_range  # noqa: E402
 from MRISynthLib.tasks.translate import load_model, translate  # noqa: E402
-from MRISynthLib.training.cyclegan import inversion_match, load_domains, random_image, test_pairs  # noqa: E402
+from MRISynthLib.training.cyclegan import PROTOCOLS, inversion_match, load_domains, random_image  # noqa: E402
+from MRISynthLib.training.cyclegan import test_pairs  # noqa: E402
 from MRISynthLib.viz import montage  # noqa: E402
 
 TARGET_PSNR, TARGET_SSIM = 30.0, 0.92
@@ -64,13 +68,15 @@ def evaluate(preds, refs, masks):
 
 
 def load_generators(a):
+    """(generators, name, the TE/TR protocol they were trained on; models from before
+    protocols were named were trained on 'wide')."""
     if a.ckpt:
         st = torch.load(a.ckpt, weights_only=False, map_location="cpu")
         net = CycleGAN(CycleGANConfig(**st["config"]))
         net.load_state_dict(st["model"])
-        return net.eval(), f"checkpoint {a.ckpt} (step {st['step']})"
+        return net.eval(), f"checkpoint {a.ckpt} (step {st['step']})", st["train_config"].get("protocol", "wide")
     net, card = load_model(a.model, "cpu")
-    return net, card.id
+    return net, card.id, card.training.get("protocol", "wide")
 
 
 def main():
@@ -80,11 +86,16 @@ def main():
     ap.add_argument("--montage", default="docs/translate_montage.png")
     ap.add_argument("--update-catalog", action="store_true", help="store the metrics and timing in the model card")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                    help="TE/TR ranges of the test pairs (default: the model's training protocol)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    net, name = load_generators(a)
-    print(f"model: {name}")
+    net, name, trained_on = load_generators(a)
+    protocol = a.protocol or trained_on
+    print(f"model: {name} (trained on the {trained_on!r} TE/TR protocol); test pairs: {protocol!r} protocol "
+          + ", ".join(f"{c.upper()}w TE {te[0] * 1e3:g}-{te[1] * 1e3:g} ms TR {tr[0]:g}-{tr[1]:g} s"
+                      for c, (te, tr) in PROTOCOLS[protocol].items()))
     # reference histograms for the inversion baseline: unpaired training-domain images
     fa, fb = load_domains(("brainweb",))
     rng = np.random.default_rng(7)
@@ -92,13 +103,13 @@ def main():
     for contrast, fr in (("t1", fa), ("t2", fb)):
         vals = []
         for i in rng.integers(len(fr), size=40):
-            im = (random_image(fr[i], contrast, rng) + 1.0) / 2.0
+            im = (random_image(fr[i], contrast, rng, protocol=protocol) + 1.0) / 2.0
             vals.append(im[im > 0.05])
         ref[contrast] = np.concatenate(vals)
 
     results, shown = {}, {}
     for anatomy in ("brainweb", "mni152"):
-        tp = test_pairs(anatomy)
+        tp = test_pairs(anatomy, protocol=protocol)
         if anatomy == "brainweb":
             timing_slice = tp["t1_in"][len(tp["t1_in"]) // 2]
         for direction, (src, dst) in PAIRS.items():
@@ -158,8 +169,9 @@ def main():
                                    "identity": results[(anat, d, "identity")],
                                    "inversion_histmatch": results[(anat, d, "inversion + histogram matching")]}
                             for anat in ("brainweb", "mni152")} for d in PAIRS}
-        card.metrics["protocol"] = ("held-out paired slices, SNR-60 inputs vs noise-free references, 0-255 scale "
-                                    "of the 99.5th percentile; mni152 never seen in training")
+        card.metrics["protocol"] = (f"held-out paired slices at the {protocol!r} TE/TR protocol, SNR-60 inputs vs "
+                                    "noise-free references, 0-255 scale of the 99.5th percentile; mni152 never seen "
+                                    "in training")
         card.timing = {"cpu_volume_256x256x180_s": round(t_vol, 2), "threads": torch.get_num_threads()}
         catalog.save_catalog(cards)
         print("catalog updated")

@@ -58,7 +58,15 @@ def main():
     if a.export:
         from MRISynthLib.tasks.translate import export_model
 
-        card = export_model(net, a.export, tc)
+        cont = None
+        if a.init_from:
+            import torch
+
+            st = torch.load(a.init_from, weights_only=False, map_location="cpu")
+            cont = {"checkpoint": Path(a.init_from).name, "step": int(st["step"]),
+                    "protocol": st["train_config"].get("protocol", "wide"),
+                    "warm_steps": st["train_config"].get("warm_steps", 0)}
+        card = export_model(net, a.export, tc, continued_from=cont)
         print(f"shipped {card.weights} (sha256 {card.sha256[:12]}...)")
     print(f"checkpoint, loss log and progress.gif in {a.out}")
 

@@ -32,8 +32,12 @@ def load_model(model: Optional[str] = None, device=None) -> Tuple[Generators, Mo
     return load_network(card, lambda arch: Generators(CycleGANConfig(**arch)), device), card
 
 
-def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict] = None) -> ModelCard:
-    """Ship both generators as fp16 safetensors beside the catalog and add/replace the card."""
+def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict] = None,
+                 continued_from: Optional[dict] = None) -> ModelCard:
+    """Ship both generators as fp16 safetensors beside the catalog and add/replace the card.
+
+    ``continued_from``: what the run started from (e.g. the step and protocol of another
+    run's checkpoint), recorded with the training details."""
     from dataclasses import asdict
 
     from ..catalog import ship
@@ -46,8 +50,13 @@ def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict
                 "warm_start": "generators first fitted (L1) to the inversion-matched input against an unpaired "
                               "image of the other contrast"}
     if tc is not None:
+        from ..training.cyclegan import PROTOCOLS
+
         training.update({k: v for k, v in asdict(tc).items()
-                         if k in ("steps", "warm_steps", "batch", "lr", "lam", "lam_id", "pool", "anatomies")})
+                         if k in ("steps", "warm_steps", "batch", "lr", "lam", "lam_id", "pool", "anatomies", "protocol")})
+        training["te_tr_ranges_s"] = PROTOCOLS[tc.protocol]
+    if continued_from:
+        training["continued_from"] = continued_from
     sd = net.generator_state_dict() if hasattr(net, "generator_state_dict") else net.state_dict()
     extra = {"metrics": metrics} if metrics else {}
     return ship(model_id, "translate", net.cfg.to_dict(), sd,

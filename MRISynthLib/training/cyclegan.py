@@ -279,9 +279,11 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
         half = tc.steps / 2
         return tc.lr * (1.0 if s < half else max(0.0, (tc.steps - s) / half))
 
-    log = open(out_dir / "cyclegan_loss.csv", "a", newline="")
+    log_path = out_dir / "cyclegan_loss.csv"
+    new_log = not log_path.exists() or log_path.stat().st_size == 0
+    log = open(log_path, "a", newline="")
     wr = csv.writer(log)
-    if start == 0:
+    if new_log:
         wr.writerow(["step"] + list(LOSS_PARTS))
 
     def save(s):
@@ -293,8 +295,8 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
         Image.fromarray(_frame(net, frame_pair)).save(frames / f"step_{s:07d}.png")
         write_gif(frames, out_dir / "progress.gif")
 
-    if start == 0:
-        add_frame(0)
+    if not any(frames.glob("step_*.png")):
+        add_frame(start)
     net.train()
     step = start
     try:
