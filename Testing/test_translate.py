@@ -183,6 +183,19 @@ def test_protocols_set_the_acquisitions_of_training_images_and_test_pairs(monkey
         assert ratio == pytest.approx(expect, rel=0.1), c
 
 
+def test_validation_pairs_are_held_out_of_training_and_differ_from_the_test_slices():
+    from MRISynthLib.training.quantitative import held_out_z, load_anatomy, train_z
+
+    ph = load_anatomy("brainweb")
+    kw = dict(size=32, tables=("mrilab",), quantiles=(0.5,))
+    val, test = tr.test_pairs("brainweb", slices="validation", **kw), tr.test_pairs("brainweb", **kw)
+    np.testing.assert_array_equal(test["z"], held_out_z(ph))
+    np.testing.assert_array_equal(val["z"], held_out_z(ph) + 1)
+    assert not set(val["z"]) & set(train_z(ph)) and not set(val["z"]) & set(test["z"])
+    with pytest.raises(ValueError, match="slices"):
+        tr.test_pairs("brainweb", slices="train", **kw)
+
+
 def test_training_continues_from_another_runs_checkpoint(tmp_path):
     cfg = CycleGANConfig(size=32, ngf=8, ndf=8)
     fa, fb = _disc_fractions(2, 32, 0), _disc_fractions(2, 32, 2)

@@ -3,6 +3,7 @@
 
     python scripts/bench_translate.py [--model ID | --ckpt runs/cyclegan/cyclegan_ckpt.pt] [--update-catalog]
     python scripts/bench_translate.py --protocol wide       # the test pairs at the wide TE/TR ranges
+    python scripts/bench_translate.py --ckpt CKPT --slices validation   # to choose among checkpoints
 
 Test pairs (MRISynthLib.training.cyclegan.test_pairs): the paper-protocol held-out slices
 of BrainWeb (trained anatomy; the slices and their neighbours were never trained on) and
@@ -88,6 +89,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
                     help="TE/TR ranges of the test pairs (default: the model's training protocol)")
+    ap.add_argument("--slices", choices=["test", "validation"], default="test",
+                    help="validation: the slices above the test slices (held out of training), to choose checkpoints")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -109,7 +112,7 @@ def main():
 
     results, shown = {}, {}
     for anatomy in ("brainweb", "mni152"):
-        tp = test_pairs(anatomy, protocol=protocol)
+        tp = test_pairs(anatomy, protocol=protocol, slices=a.slices)
         if anatomy == "brainweb":
             timing_slice = tp["t1_in"][len(tp["t1_in"]) // 2]
         for direction, (src, dst) in PAIRS.items():
@@ -161,6 +164,8 @@ def main():
     print(f"montage: {a.montage}")
 
     if a.update_catalog:
+        if a.slices != "test":
+            raise SystemExit("--update-catalog stores test-slice results only")
         if a.ckpt:
             raise SystemExit("--update-catalog needs a catalog model, not a checkpoint")
         cards = catalog.load_catalog()

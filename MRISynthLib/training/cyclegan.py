@@ -150,7 +150,8 @@ def test_seq(contrast: str, q: float = 0.5, protocol: str = "standard") -> Seque
 
 
 def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence[str] = ("mrilab", "mrilab_full"),
-               quantiles: Sequence[float] = (0.25, 0.5, 0.75), protocol: str = "standard") -> Dict[str, np.ndarray]:
+               quantiles: Sequence[float] = (0.25, 0.5, 0.75), protocol: str = "standard",
+               slices: str = "test") -> Dict[str, np.ndarray]:
     """Paired held-out slices: noisy inputs and noise-free references of both contrasts.
 
     For every held-out slice, tissue table and quantile ``q`` of the protocol's TE/TR
@@ -159,9 +160,13 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
     "t2"}``, each (N, size, size) float32 in physical units (PD = 1 for water), plus
     ``"z"`` (the slice of each pair) and ``"brain"`` (N, size, size) bool (CSF + grey +
     white matter fraction > 0.5); normalise with the model's convention before use.
+    ``slices="validation"``: the slices just above the test slices instead (held out of
+    training like them, never tested on), for choosing among checkpoints.
     """
+    if slices not in ("test", "validation"):
+        raise ValueError(f"slices must be 'test' or 'validation', got {slices!r}")
     ph = load_anatomy(anatomy)
-    zs = held_out_z(ph)
+    zs = held_out_z(ph) + (1 if slices == "validation" else 0)
     frac = slice_fractions(ph, zs, size)
     rng = np.random.default_rng(seed)
     out = {k: [] for k in ("t1_in", "t2_in", "t1", "t2", "z", "brain")}
