@@ -203,12 +203,18 @@ def test_training_continues_from_another_runs_checkpoint(tmp_path):
     pair = {"t1_in": clean["t1"], "t2_in": clean["t2"], **clean}
     first = tr.CycleTrainConfig(steps=4, load_size=36, frame_every=1000, threads=1, protocol="wide")
     tr.train_cyclegan(cfg, tmp_path / "a", first, domains=(fa, fb), frame_pair=pair, progress=False)
-    second = tr.CycleTrainConfig(steps=6, load_size=36, frame_every=1000, threads=1, protocol="standard")
+    second = tr.CycleTrainConfig(steps=8, load_size=36, frame_every=1000, threads=1, protocol="standard",
+                                 ckpt_every=1, keep_every=2)
     tr.train_cyclegan(cfg, tmp_path / "b", second, domains=(fa, fb), frame_pair=pair, progress=False,
                       init_from=tmp_path / "a" / "cyclegan_ckpt.pt")
     st = torch.load(tmp_path / "b" / "cyclegan_ckpt.pt", weights_only=False)
-    assert st["step"] == 6 and st["train_config"]["protocol"] == "standard"
-    assert len(np.genfromtxt(tmp_path / "b" / "cyclegan_loss.csv", delimiter=",", names=True)) == 2
+    assert st["step"] == 8 and st["train_config"]["protocol"] == "standard"
+    assert sorted(p.name for p in (tmp_path / "b").glob("snap_*.pt")) == ["snap_6.pt", "snap_8.pt"]
+    assert torch.load(tmp_path / "b" / "snap_6.pt", weights_only=False)["step"] == 6
+    assert len(np.genfromtxt(tmp_path / "b" / "cyclegan_loss.csv", delimiter=",", names=True)) == 4
+    with pytest.raises(ValueError, match="multiple"):
+        tr.train_cyclegan(cfg, tmp_path / "c", tr.CycleTrainConfig(steps=6, ckpt_every=4, keep_every=6),
+                          domains=(fa, fb), frame_pair=pair, progress=False)
     with pytest.raises(ValueError, match="config"):
         tr.train_cyclegan(CycleGANConfig(size=32, ngf=4, ndf=8), tmp_path / "c", second, domains=(fa, fb),
                           frame_pair=pair, progress=False, init_from=tmp_path / "a" / "cyclegan_ckpt.pt")

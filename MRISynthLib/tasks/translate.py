@@ -33,11 +33,11 @@ def load_model(model: Optional[str] = None, device=None) -> Tuple[Generators, Mo
 
 
 def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict] = None,
-                 continued_from: Optional[dict] = None) -> ModelCard:
+                 **training_extra) -> ModelCard:
     """Ship both generators as fp16 safetensors beside the catalog and add/replace the card.
 
-    ``continued_from``: what the run started from (e.g. the step and protocol of another
-    run's checkpoint), recorded with the training details."""
+    ``training_extra``: further training details for the card (e.g. ``continued_from``:
+    the step and protocol of the checkpoint a run started from)."""
     from dataclasses import asdict
 
     from ..catalog import ship
@@ -55,8 +55,7 @@ def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict
         training.update({k: v for k, v in asdict(tc).items()
                          if k in ("steps", "warm_steps", "batch", "lr", "lam", "lam_id", "pool", "anatomies", "protocol")})
         training["te_tr_ranges_s"] = PROTOCOLS[tc.protocol]
-    if continued_from:
-        training["continued_from"] = continued_from
+    training.update(training_extra)
     sd = net.generator_state_dict() if hasattr(net, "generator_state_dict") else net.state_dict()
     extra = {"metrics": metrics} if metrics else {}
     return ship(model_id, "translate", net.cfg.to_dict(), sd,

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -84,6 +85,7 @@ class CycleTrainConfig:
     anatomies: Tuple[str, ...] = ("brainweb",)
     tables: Tuple[str, ...] = ("mrilab", "mrilab_full")
     protocol: str = "standard"    # a key of PROTOCOLS: the TE/TR ranges of both domains
+    keep_every: int = 0           # also keep a copy of the checkpoint every this many steps (snap_<step>.pt)
 
 
 def _ranges(contrast: str, protocol: str):
@@ -254,6 +256,8 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
     """
     from PIL import Image
 
+    if tc.keep_every % tc.ckpt_every:
+        raise ValueError(f"keep_every ({tc.keep_every}) must be a multiple of ckpt_every ({tc.ckpt_every})")
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     fa, fb = load_domains(tc.anatomies, cfg.size) if domains is None else domains
     if frame_pair is None:
@@ -295,6 +299,8 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
         pools = {k: torch.cat(p.images) if p.images else None for k, p in (("pool_a", pool_a), ("pool_b", pool_b))}
         save_ckpt(ckpt, model=net.state_dict(), opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), step=s,
                   config=cfg.to_dict(), train_config=asdict(tc), **pools)
+        if tc.keep_every and s > 0 and s % tc.keep_every == 0:
+            shutil.copyfile(ckpt, out_dir / f"snap_{s}.pt")
 
     def add_frame(s):
         Image.fromarray(_frame(net, frame_pair)).save(frames / f"step_{s:07d}.png")
