@@ -11,7 +11,8 @@ Test slices: SIAT 160-199 (never trained on), simulated with the training settin
 (8 coils, SNR 40, the given mask and acceleration, resize --scale), a different mask per
 slice. Metrics on the magnitude, each slice scaled so its zero-filled image has 99th
 percentile 1: PSNR and SSIM over the whole image (data range = the reference's maximum),
-NRMSE inside the body mask (reference > 10% of its maximum). Time per slice on the CPU.
+NRMSE inside the body mask (reference > 10% of its maximum). Time per slice on the CPU
+(after one warm-up call per method; the methods take turns slice by slice).
 """
 import argparse
 import sys
@@ -90,14 +91,19 @@ def main():
     print(f"{len(test_idx)} held-out SIAT slices, {a.mask} R={a.accel:g}, {d['imgs'].shape[-2:]} pixels, 8 coils, "
           f"SNR 40\n")
     print(f"{'method':34s} {'PSNR dB':>14s} {'SSIM':>13s} {'NRMSE (body)':>16s} {'s/slice':>8s}")
-    recs, results = {}, {}
-    for name, f in methods.items():
-        out, t0 = [], time.perf_counter()
-        for i in range(len(test_idx)):
-            out.append(f(i))
-        dt = (time.perf_counter() - t0) / len(test_idx)
+    # slice by slice, every method in turn: a change in the machine's load during the run
+    # then slows all methods alike instead of the ones that happen to run at that time
+    recs, secs, results = {name: [] for name in methods}, dict.fromkeys(methods, 0.0), {}
+    for f in methods.values():
+        f(0)                                                  # warm-up (caches, thread pools)
+    for i in range(len(test_idx)):
+        for name, f in methods.items():
+            t0 = time.perf_counter()
+            recs[name].append(f(i))
+            secs[name] += time.perf_counter() - t0
+    for name, out in recs.items():
+        dt = secs[name] / len(test_idx)
         s = np.array([scores(o, r) for o, r in zip(out, d["imgs"])])
-        recs[name] = out
         m, sd = s.mean(0), s.std(0)
         results[name] = {"psnr_mean": round(float(m[0]), 2), "psnr_std": round(float(sd[0]), 2),
                          "ssim_mean": round(float(m[1]), 3), "nrmse_body_mean": round(float(m[2]), 4),

@@ -113,10 +113,10 @@ def estimate_maps(kspace: np.ndarray, mask=None, calib: Optional[int] = None, th
     return maps.astype(np.complex64)
 
 
-def max_eigenvalue(normal: Callable, shape, iters: int = 30, seed: int = 0) -> float:
+def max_eigenvalue(normal: Callable, shape, iters: int = 30, seed: int = 0, dtype=np.complex128) -> float:
     """Largest eigenvalue of a Hermitian operator by power iteration."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
     lam = 0.0
     for _ in range(iters):
         y = normal(x)
@@ -165,16 +165,18 @@ def soft_threshold(x, t):
 
 def l1_wavelet_cs(kspace, maps, mask=None, lamda: float = 1e-3, iters: int = 100, wave: str = "db4",
                   callback: Optional[Callable[[int, np.ndarray], None]] = None):
-    """L1-wavelet compressed sensing by FISTA (see module doc)."""
+    """L1-wavelet compressed sensing by FISTA (see module doc). Computes in the inputs'
+    precision (complex64 inputs: single precision, as sigpy does; complex128: double)."""
     shape = maps.shape[1:]
     W = Wavelet(shape, wave)
+    dtype = np.result_type(kspace, maps, np.complex64)
 
     def normal(x):
         return sense_adjoint(sense_forward(x, maps, mask), maps, mask)
 
-    step = 1.0 / max_eigenvalue(normal, shape)
+    step = 1.0 / max_eigenvalue(normal, shape, dtype=dtype)
     aty = sense_adjoint(kspace, maps, mask)
-    x = np.zeros(shape, np.complex128)
+    x = np.zeros(shape, dtype)
     z, t = x, 1.0
     for k in range(iters):
         g = z - step * (normal(z) - aty)
