@@ -71,6 +71,8 @@ def test_unrolled_shapes_and_weight_sharing(den):
     assert n_sep - 1 == 3 * (n_sh - 1)
     out = shared(y, maps, mask)
     assert out.shape == img.shape and out.is_complex()
+    with torch.no_grad():                     # the channels-last inference layout: same values
+        assert torch.allclose(shared(y, maps, mask), out, atol=1e-10)
     assert UNetDenoiser(8)(torch.randn(1, 2, 28, 20)).shape == (1, 2, 28, 20)
 
 
