@@ -262,13 +262,15 @@ def cmd_synth(a) -> int:
 def cmd_translate(a) -> int:
     """Translate a T1-weighted image to T2-weighted or back with the shipped CycleGAN."""
     from .data.io import read_volume
-    from .tasks.translate import translate
+    from .physics.signal import SequenceParams
+    from .tasks.translate import load_model, output_acquisition, translate
 
     vol = read_volume(a.input)
     t0 = time.time()
     out = translate(vol.array, a.direction, model=a.model, device=a.device, batch_size=a.batch_size,
                     progress=not a.quiet, progress_callback=a.progress_callback)
-    _write_like_input(vol, out, a.output, a.input)
+    acq = output_acquisition(load_model(a.model, a.device)[1], a.direction)
+    _write_like_input(vol, out, a.output, a.input, seq=SequenceParams("se", acq["te"], acq["tr"]) if acq else None)
     print(f"wrote {a.output}: {a.direction} ({out.shape}, {time.time() - t0:.1f} s)")
     return 0
 

@@ -282,8 +282,10 @@ def translate_node(scene, input_node, direction: str = "t1_to_t2", model=None, d
         raise ValueError("the output volume must not be the input volume")
     vol = volume_from_node(input_node)
     out = translate(vol, direction, model=model, device=device, cancel=cancel, progress_callback=progress_callback)
-    return write_volume_node(scene, out, output_name("translate", input_node.GetName(), direction=direction),
+    node = write_volume_node(scene, out, output_name("translate", input_node.GetName(), direction=direction),
                              output_node=output_node, reference_node=input_node)
+    set_acquisition(node, out.acquisition)     # the TE/TR the model's output imitates, if known
+    return node
 
 
 def sequence_from_node(seq_node):
@@ -420,8 +422,9 @@ def job_result_to_scene(scene, task: str, result, settings: dict, input_node=Non
     node = write_volume_node(scene, result.volume, name, output_node=output_node, reference_node=input_node)
     if task == "reparam":
         set_acquisition(node, {"te": settings["target_te"], "tr": settings["target_tr"]})
-    if task == "synth":
+    if task in ("translate", "synth"):
         set_acquisition(node, result.volume.acquisition)
+    if task == "synth":
         maps = {k: write_volume_node(scene, v, f"{input_node.GetName()}_{k.upper()}", reference_node=input_node)
                 for k, v in result.maps.items()}
         return node, maps

@@ -135,6 +135,7 @@ def test_inputs_are_checked_and_the_users_file_is_copied(tmp_path, se_slab):
 @pytest.mark.parametrize("task,settings", [
     ("reparam", {"target_te": 0.1, "target_tr": 4.0, "model": "d2p"}),
     ("recon", {"method": "cg-sense", "mask": "vd1d", "accel": 4.0}),
+    ("translate", {"direction": "t1_to_t2"}),
 ])
 def test_background_run_gives_the_same_node_as_the_in_process_run(tmp_path, se_slab, task, settings):
     pytest.importorskip("slicer", reason="slicer-core is not installed")
@@ -148,6 +149,9 @@ def test_background_run_gives_the_same_node_as_the_in_process_run(tmp_path, se_s
     before = slicer.util.arrayFromVolume(node).copy()
     if task == "reparam":
         direct = mrml.reparameterize_node(scene, node, 0.1, 4.0, model="d2p", device="cpu")
+    elif task == "translate":
+        direct = mrml.translate_node(scene, node, "t1_to_t2", device="cpu")
+        assert mrml.acquisition_from_node(direct) == pytest.approx({"te": 0.1, "tr": 4.0})  # the model's T2w
     else:
         direct = mrml.reconstruct_node(scene, node, method="cg-sense", mask="vd1d", accel=4.0)
     settings = {**settings, "device": "cpu"}

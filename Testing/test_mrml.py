@@ -153,10 +153,12 @@ def test_translate_node_new_output_geometry_and_no_partial_node(scene_and_node):
     torch.manual_seed(0)
     gens = Generators(CycleGANConfig(size=32, ngf=4)).eval()
     scene, node, _ = scene_and_node
+    mrml.set_acquisition(node, {"te": 0.1, "tr": 4.0})
     before = np.array(slicer.util.arrayFromVolume(node), copy=True)
     n = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     out = mrml.translate_node(scene, node, "t2_to_t1", model=gens)
     assert out is not node and out.GetName().startswith("T2w_T1w")
+    assert mrml.acquisition_from_node(out) == {}     # a module without a card: TE/TR unknown, not the input's
     np.testing.assert_allclose(mrml.node_ijk_to_ras(out), mrml.node_ijk_to_ras(node))
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
     assert slicer.util.arrayFromVolume(out).shape == before.shape

@@ -251,6 +251,24 @@ def test_translate_volume_shapes_range_geometry_and_input_untouched(tiny_gens):
     assert calls == [pytest.approx(1 / 3)]
 
 
+def test_translated_volume_records_the_acquisition_its_model_imitates(tiny_gens):
+    from types import SimpleNamespace
+
+    from MRISynthLib.data.io import Volume
+    from MRISynthLib.tasks.translate import output_acquisition, translate
+
+    card = SimpleNamespace(training={"te_tr_ranges_s": tr.PROTOCOLS["standard"]})
+    assert output_acquisition(card, "t1_to_t2") == pytest.approx({"te": 0.1, "tr": 4.0})
+    assert output_acquisition(card, "t2_to_t1") == pytest.approx({"te": 0.012, "tr": 0.5})
+    assert output_acquisition(SimpleNamespace(training={}), "t1_to_t2") == {} and output_acquisition(None, "x") == {}
+    vol = Volume(np.random.default_rng(0).uniform(0, 9, (2, 16, 16)).astype(np.float32),
+                 acquisition={"te": 0.012, "tr": 0.5})
+    assert translate(vol, "t1_to_t2", model=tiny_gens).acquisition == {}     # never the input's TE/TR
+    assert vol.acquisition == {"te": 0.012, "tr": 0.5}
+    shipped = translate(vol, "t1_to_t2")
+    assert shipped.acquisition == pytest.approx({"te": 0.1, "tr": 4.0})
+
+
 def test_translate_rejects_bad_input(tiny_gens):
     from MRISynthLib.tasks.translate import translate
 
@@ -281,6 +299,8 @@ def test_shipped_model_and_cli_on_a_small_volume(tmp_path):
     src, dst = tmp_path / "t1w.nrrd", tmp_path / "t2w.nrrd"
     sitk.WriteImage(img, str(src))
     assert main(["translate", "-i", str(src), "--direction", "t1_to_t2", "-o", str(dst), "--quiet"]) == 0
+    from MRISynthLib.data.io import read_volume
+    assert read_volume(dst).acquisition == pytest.approx({"te": 0.1, "tr": 4.0})   # the shipped model's T2w
     out = sitk.ReadImage(str(dst))
     assert out.GetSize() == img.GetSize() and out.GetSpacing() == img.GetSpacing()
     assert out.GetOrigin() == img.GetOrigin()

@@ -32,6 +32,18 @@ def load_model(model: Optional[str] = None, device=None) -> Tuple[Generators, Mo
     return load_network(card, lambda arch: Generators(CycleGANConfig(**arch)), device), card
 
 
+def output_acquisition(card: Optional[ModelCard], direction: str) -> dict:
+    """The spin-echo TE/TR (seconds) that a model's output imitates: the middle of the target
+    contrast's TE and TR ranges in its training protocol; {} when the card does not say
+    (or for a module without a card)."""
+    ranges = (card.training.get("te_tr_ranges_s") or {}) if card is not None else {}
+    target = ranges.get("t2" if direction == "t1_to_t2" else "t1")
+    if not target:
+        return {}
+    (te0, te1), (tr0, tr1) = target
+    return {"te": (te0 + te1) / 2, "tr": (tr0 + tr1) / 2}
+
+
 def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict] = None,
                  **training_extra) -> ModelCard:
     """Ship both generators as fp16 safetensors beside the catalog and add/replace the card.
@@ -92,7 +104,8 @@ def translate(volume: Union[np.ndarray, Volume], direction: str = "t1_to_t2",
     """Translate a T1-weighted image to T2-weighted (``t1_to_t2``) or back (``t2_to_t1``).
 
     ``volume``: a 2D image, a 3D volume (slices along axis 0) or a :class:`Volume` (a
-    Volume comes back as float32 with the same geometry). ``model``: a catalog id, a
+    Volume comes back as float32 with the same geometry, its ``acquisition`` the TE/TR
+    the model's output imitates, see :func:`output_acquisition`). ``model``: a catalog id, a
     :class:`Generators` module, or None for the shipped default. ``cancel`` is polled
     between batches (return True to stop: raises :class:`Cancelled`).
     """
@@ -102,11 +115,12 @@ def translate(volume: Union[np.ndarray, Volume], direction: str = "t1_to_t2",
     check_image_array(arr)
     if min(arr.shape[-2:]) < 2:
         raise ValueError(f"slices must be at least 2x2 pixels, got {arr.shape[-2:]}")
+    card = None
     if isinstance(model, Generators):
         dev = resolve_device(device)
         nets = model.eval().to(dev)
     else:
-        nets, _ = load_model(model, device)
+        nets, card = load_model(model, device)
         dev = next(nets.parameters()).device
     gen, size = nets.generator(direction), nets.cfg.size
 
@@ -131,5 +145,7 @@ def translate(volume: Union[np.ndarray, Volume], direction: str = "t1_to_t2",
     bar.close()
     res = out[0] if arr.ndim == 2 else out
     if isinstance(volume, Volume):
-        return volume.with_array(res)
+        v = volume.with_array(res)
+        v.acquisition = output_acquisition(card, direction)    # never the input's TE/TR
+        return v
     return res
