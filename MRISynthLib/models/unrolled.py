@@ -162,7 +162,7 @@ class UnrolledNet(nn.Module):
 
     @staticmethod
     def _layout(x):
-        """Channels-last for inference: oneDNN's convolutions are faster so on the CPU (same
+        """Channels-last for inference: oneDNN's convolutions are faster that way on the CPU (same
         values); their backward is slower, so a pass that needs gradients keeps NCHW."""
         return x if torch.is_grad_enabled() else x.contiguous(memory_format=torch.channels_last)
 

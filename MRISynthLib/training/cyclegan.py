@@ -8,8 +8,8 @@ fractions (axial slices on a 2 mm grid resized to 256 x 256):
   90-110 ms, TR 3.5-4.5 s), the default, or ``wide`` (T1w TE 8-20 ms, TR 400-700 ms; T2w
   TE 80-120 ms, TR 3-6 s). An unconditioned translator cannot read the target's TE/TR
   from its input, so its output contrast is only defined up to the spread of the target
-  domain: with ``wide`` the grey-matter level of a T2w image varies by about a factor 2,
-  with ``standard`` by about 15 %;
+  domain (scripts/bench_translate.py prints the resulting ceiling: the true image at the
+  middle setting scored against the quartile settings);
 * tissue table MRiLab or MRiLab+fat/glial, jittered per sample (log-normal, 5 % PD,
   10 % T1/T2); a smooth receive bias (up to +/-10 %) on half of the samples; Rician noise
   at SNR 30-150 (log-uniform);
@@ -157,8 +157,7 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
     """Paired held-out slices: noisy inputs and noise-free references of both contrasts.
 
     For every held-out slice, tissue table and quantile ``q`` of the protocol's TE/TR
-    ranges, the T1w
-    and T2w images of the same anatomy and tissues. Returns ``{"t1_in", "t2_in", "t1",
+    ranges, the T1w and T2w images of the same anatomy and tissues. Returns ``{"t1_in", "t2_in", "t1",
     "t2"}``, each (N, size, size) float32 in physical units (PD = 1 for water), plus
     ``"z"`` (the slice of each pair) and ``"brain"`` (N, size, size) bool (CSF + grey +
     white matter fraction > 0.5); normalise with the model's convention before use.
