@@ -55,6 +55,19 @@ def test_sense_adjoint_dot_product(rng, backend):
     assert abs(lhs - rhs) < 1e-10 * abs(lhs)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("shape", [(20, 16), (21, 15)])
+def test_shifted_normal_is_the_normal_operator_in_ifftshifted_coordinates(rng, backend, shape):
+    maps = crandn(rng, 5, *shape)
+    mask = (rng.uniform(size=shape) > 0.5).astype(np.float64)
+    x = crandn(rng, 2, *shape)
+    ref = sense.SenseOperator(maps, mask).normal(x)
+    if backend == "torch":
+        maps, mask, x = (torch.from_numpy(v) for v in (maps, mask, x))
+    out = F.fftshift2(sense.shifted_normal(maps, mask)(F.ifftshift2(x)))
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-12)
+
+
 def test_sense_matches_sigpy(rng):
     maps = crandn(rng, 4, 24, 18)
     mask = (rng.uniform(size=(24, 18)) > 0.5).astype(np.float64)

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..physics.sense import sense_adjoint
+from ..physics.fourier import fftshift2, ifftshift2
+from ..physics.sense import sense_adjoint, shifted_normal
 from ..recon.classical import conjugate_gradient
 
 
@@ -122,29 +123,13 @@ def make_denoiser(cfg: UnrolledConfig) -> nn.Module:
 
 
 def data_consistency(z, aty, maps, mask, mu, iters: int = 8, x0=None):
-    """(mu A^H A + I)^{-1} (mu A^H y + z) by CG.
-
-    A^H A = S^H F_c^H M^H M F_c S with the centred FFT F_c = fftshift F ifftshift. CG runs in
-    ifftshifted image coordinates with ifftshifted maps and mask, where A^H A becomes
-    S'^H F^H M'^H M' F S' with plain FFTs: the same arithmetic (the same FFTs of the same
-    arrays) without four shifts of the coil data per application; the iterates are the
-    ifftshifted iterates of CG on the centred operator.
-    """
-    dims = (-2, -1)
-    s = torch.fft.ifftshift(maps, dim=dims)
-    s_conj = s.conj().resolve_conj()
-    mm = None if mask is None else torch.fft.ifftshift(mask.conj() * mask, dim=dims).unsqueeze(-3)
-
-    def normal(v):
-        k = torch.fft.fft2(v.unsqueeze(-3) * s, norm="ortho")
-        if mm is not None:
-            k = k * mm
-        return mu * (s_conj * torch.fft.ifft2(k, norm="ortho")).sum(-3) + v
-
-    rhs = torch.fft.ifftshift(mu * aty + z, dim=dims)
-    x, _ = conjugate_gradient(normal, rhs, x0=None if x0 is None else torch.fft.ifftshift(x0, dim=dims),
-                              iters=iters, tol=1e-7)
-    return torch.fft.fftshift(x, dim=dims)
+    """(mu A^H A + I)^{-1} (mu A^H y + z) by CG, run in ifftshifted coordinates
+    (:func:`~MRISynthLib.physics.sense.shifted_normal`: the same iterates, shifted, without
+    shifting the coil data at every operator application)."""
+    normal_s = shifted_normal(maps, mask)
+    x, _ = conjugate_gradient(lambda v: mu * normal_s(v) + v, ifftshift2(mu * aty + z),
+                              x0=None if x0 is None else ifftshift2(x0), iters=iters, tol=1e-7)
+    return fftshift2(x)
 
 
 class UnrolledNet(nn.Module):

@@ -2,7 +2,9 @@
 
 ``fftnc(x) = fftshift(fftn(ifftshift(x), norm="ortho"))`` over the given axes: the
 k-space centre (DC) sits at index n // 2, and the transform is unitary (Parseval holds,
-the inverse is the adjoint). These are the only FFTs the rest of MRISynth uses.
+the inverse is the adjoint). These are the only FFTs the rest of MRISynth uses; the
+uncentred ``fft2u``/``ifft2u`` serve operators that work in ifftshifted coordinates
+(:func:`MRISynthLib.physics.sense.shifted_normal`).
 """
 from __future__ import annotations
 
@@ -34,6 +36,26 @@ def ifftnc(x, axes: Sequence[int]):
         return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(x, dim=axes), dim=axes, norm="ortho"),
                                   dim=axes)
     return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(x, axes=axes), axes=axes, norm="ortho"), axes=axes)
+
+
+def ifftshift2(x):
+    """ifftshift over the last two axes (moves the centre index n // 2 to 0)."""
+    return torch.fft.ifftshift(x, dim=(-2, -1)) if _is_torch(x) else np.fft.ifftshift(x, axes=(-2, -1))
+
+
+def fftshift2(x):
+    """fftshift over the last two axes (the inverse of :func:`ifftshift2`)."""
+    return torch.fft.fftshift(x, dim=(-2, -1)) if _is_torch(x) else np.fft.fftshift(x, axes=(-2, -1))
+
+
+def fft2u(x):
+    """Orthonormal 2D FFT over the last two axes in uncentred (ifftshifted) coordinates:
+    ``fft2c = fftshift2 . fft2u . ifftshift2``."""
+    return torch.fft.fft2(x, norm="ortho") if _is_torch(x) else np.fft.fft2(x, norm="ortho")
+
+
+def ifft2u(x):
+    return torch.fft.ifft2(x, norm="ortho") if _is_torch(x) else np.fft.ifft2(x, norm="ortho")
 
 
 def fft2c(x):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fourier import _is_torch, fft2c, ifft2c
+from .fourier import _is_torch, fft2c, fft2u, ifft2c, ifft2u, ifftshift2
 
 
 def _conj(x):
@@ -37,6 +37,28 @@ def sense_adjoint(y, maps, mask=None):
     if mask is not None:
         y = y * _expand_coil(mask)
     return _sum_coils(_conj(maps) * ifft2c(y))
+
+
+def shifted_normal(maps, mask=None):
+    """A^H A of :func:`sense_forward` acting on images in ifftshifted coordinates.
+
+    With the centred FFT ``fft2c = fftshift2 . fft2u . ifftshift2`` and pointwise maps and
+    mask, ``ifftshift2(A^H A x) = N(ifftshift2(x))`` where N uses the ifftshifted maps and
+    mask and plain FFTs: the same FFTs of the same arrays, without four shifts of the coil
+    data per application. Iterative solvers run in these coordinates and shift once at
+    the start and end. Returns N (a function of an ifftshifted image).
+    """
+    s = ifftshift2(maps)
+    s_conj = s.conj().resolve_conj() if _is_torch(s) else s.conj()
+    mm = None if mask is None else _expand_coil(ifftshift2(_conj(mask) * mask))
+
+    def normal(v):
+        k = fft2u(_expand_coil(v) * s)
+        if mm is not None:
+            k = k * mm
+        return _sum_coils(s_conj * ifft2u(k))
+
+    return normal
 
 
 class SenseOperator:
