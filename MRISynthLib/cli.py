@@ -263,15 +263,16 @@ def cmd_translate(a) -> int:
     """Translate a T1-weighted image to T2-weighted or back with the shipped CycleGAN."""
     from .data.io import read_volume
     from .physics.signal import SequenceParams
-    from .tasks.translate import load_model, output_acquisition, translate
+    from .tasks.translate import translate
 
     vol = read_volume(a.input)
     t0 = time.time()
-    out = translate(vol.array, a.direction, model=a.model, device=a.device, batch_size=a.batch_size,
+    out = translate(vol, a.direction, model=a.model, device=a.device, batch_size=a.batch_size,
                     progress=not a.quiet, progress_callback=a.progress_callback)
-    acq = output_acquisition(load_model(a.model, a.device)[1], a.direction)
-    _write_like_input(vol, out, a.output, a.input, seq=SequenceParams("se", acq["te"], acq["tr"]) if acq else None)
-    print(f"wrote {a.output}: {a.direction} ({out.shape}, {time.time() - t0:.1f} s)")
+    acq = out.acquisition                    # the TE/TR the model's output imitates (never the input's)
+    _write_like_input(vol, out.array, a.output, a.input,
+                      seq=SequenceParams("se", acq["te"], acq["tr"]) if acq else None)
+    print(f"wrote {a.output}: {a.direction} ({out.array.shape}, {time.time() - t0:.1f} s)")
     return 0
 
 

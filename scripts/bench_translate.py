@@ -92,6 +92,8 @@ def main():
     ap.add_argument("--slices", choices=["test", "validation"], default="test",
                     help="validation: the slices above the test slices (held out of training), to choose checkpoints")
     a = ap.parse_args()
+    if a.update_catalog and a.slices != "test":
+        ap.error("--update-catalog stores test-slice results only")
     if a.threads:
         torch.set_num_threads(a.threads)
     net, name, trained_on = load_generators(a)
@@ -164,8 +166,6 @@ def main():
     print(f"montage: {a.montage}")
 
     if a.update_catalog:
-        if a.slices != "test":
-            raise SystemExit("--update-catalog stores test-slice results only")
         if a.ckpt:
             raise SystemExit("--update-catalog needs a catalog model, not a checkpoint")
         cards = catalog.load_catalog()
