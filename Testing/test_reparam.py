@@ -82,6 +82,12 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     train_paramnet(cfg, data, ae, tmp_path / "run", TrainConfig(steps=40, batch=4, low_res_fraction=0),
                    progress=False)
     assert len((tmp_path / "run/paramnet_d2p_loss.csv").read_text().splitlines()) == 40
+    # continuing a trained model: its Param-Net weights, not a fresh initialisation
+    trained = train_paramnet(cfg, data, ae, tmp_path / "run", TrainConfig(steps=40), progress=False)
+    cont = train_paramnet(cfg, data, ae, tmp_path / "cont", TrainConfig(steps=0), progress=False,
+                          paramnet_init=trained.paramnet.state_dict())
+    for k, v in trained.paramnet.state_dict().items():
+        torch.testing.assert_close(cont.paramnet.state_dict()[k], v)
 
 
 def test_weights_checksum_is_verified_and_download_is_cached(tmp_path, monkeypatch, tiny_p2p):

@@ -12,6 +12,7 @@ from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset, sample
 from MRISynthLib.physics.phantoms import Phantom
 from MRISynthLib.physics.signal import spin_echo
 from MRISynthLib.physics.tissues import get_table
+from MRISynthLib.training.reparam import PaperData
 
 
 def toy_phantom():
@@ -61,6 +62,26 @@ def test_paper_dataset_layout_split_physics_and_determinism(tmp_path):
         assert f["defaults"].shape[0] == 3 and list(f["default_group"][()]) == [0, 1, 2]
     with pytest.raises(ValueError):
         ProtocolConfig(te_range=(2.0, 3.0))
+
+
+def test_extra_training_slices_leave_the_paper_split_and_test_set_unchanged(tmp_path):
+    base = ProtocolConfig(n_pairs=5, n_slices=4, size=32, seed=2, test_slice_every=3)
+    ext = ProtocolConfig(**{**base.__dict__, "extra_train_slices": 3})
+    pa = make_paper_dataset(tmp_path / "a.h5", base, progress=False, phantom=toy_phantom())
+    pb = make_paper_dataset(tmp_path / "b.h5", ext, progress=False, phantom=toy_phantom())
+    with h5py.File(pa, "r") as f, h5py.File(pb, "r") as g:
+        n = len(f["slice_z"])
+        for k in ("te", "tr", "pair_is_test"):
+            np.testing.assert_array_equal(f[k][()], g[k][()])
+        np.testing.assert_array_equal(f["slice_z"][()], g["slice_z"][:n])
+        np.testing.assert_array_equal(f["slice_is_test"][()], g["slice_is_test"][:n])
+        np.testing.assert_array_equal(f["targets"][()], g["targets"][:, :n])
+        np.testing.assert_array_equal(f["defaults"][()], g["defaults"][:, :n])
+        extra, test_z = g["slice_z"][n:], f["slice_z"][()][f["slice_is_test"][()]]
+        assert len(extra) == 3 and not g["slice_is_test"][n:].any()
+        assert not set(extra) & set(f["slice_z"][()])
+        assert np.abs(extra[:, None] - test_z[None]).min() > 1  # not a held-out slice's neighbour
+    assert list(PaperData(pb).train_slices) == list(PaperData(pa).train_slices) + [n, n + 1, n + 2]
 
 
 def test_every_subcommand_has_help(capsys):

@@ -3,11 +3,19 @@
 
     python scripts/train_reparam.py --out runs/reparam            # D2P and P2P, CPU widths
     python scripts/train_reparam.py --widths paper --steps 20000   # the paper's widths (GPU)
+    python scripts/train_reparam.py --data runs/paper_ext.h5 --extra-slices 45 --continue-shipped \
+        --modes d2p --steps 6000 --lr 3e-4 --low-res-fraction 0 --out runs/reparam_ext --ship
 
 Makes the paper-protocol data set if it is missing, pre-trains the END autoencoder,
 trains Param-Net for each mode, and (with --ship) writes fp16 safetensors into
 MRISynthLib/Resources/models with catalog entries (metrics are filled in by
 scripts/bench_reparam.py --update-catalog). Re-running resumes from the checkpoints.
+
+``--extra-slices N`` makes the data file (when missing) with N more training-only BrainWeb
+slices (away from the held-out ones; the paper's slices, pairs and test set are
+unchanged). ``--continue-shipped`` starts each mode from the shipped model (its frozen
+autoencoder and its Param-Net) instead of training from scratch; the catalog card then
+records what it continued from.
 """
 import argparse
 import sys
@@ -42,18 +50,24 @@ def main():
                     help="fraction of the steps trained at 128x128 before 256x256")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra-slices", type=int, default=0,
+                    help="training-only slices added when the data file is made")
+    ap.add_argument("--continue-shipped", action="store_true",
+                    help="start from the shipped models instead of from scratch")
     ap.add_argument("--ship", action="store_true", help="export weights + catalog entries into the package")
     a = ap.parse_args()
 
     if not Path(a.data).exists():
-        make_paper_dataset(a.data, ProtocolConfig(seed=0))
+        make_paper_dataset(a.data, ProtocolConfig(seed=0, extra_train_slices=a.extra_slices))
     data = PaperData(a.data)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg0 = ReparamConfig("d2p", widths=a.widths)
     ae_file = out / "autoencoder.pt"
     t0 = time.time()
-    if ae_file.exists():
+    if a.continue_shipped:
+        ae_state = None  # each mode's own shipped autoencoder, below
+    elif ae_file.exists():
         ae_state = torch.load(ae_file)
     else:
         pool = autoencoder_pool(data, seed=a.seed)
@@ -63,16 +77,27 @@ def main():
         torch.save(ae_state, ae_file)
     ae_ckpt = out / "autoencoder_ckpt.pt"
     ae_steps = int(torch.load(ae_ckpt, weights_only=False)["step"]) if ae_ckpt.exists() else a.ae_steps
-    print(f"autoencoder ready ({ae_steps} steps, {time.time() - t0:.0f} s)")
+    if ae_state is not None:
+        print(f"autoencoder ready ({ae_steps} steps, {time.time() - t0:.0f} s)")
     for mode in a.modes.split(","):
         cfg = ReparamConfig(mode, widths=a.widths)
+        mid = f"reparam-{mode}-{a.widths}"
+        init, source = None, None
+        if a.continue_shipped:
+            source = catalog.get_card(mid)
+            if ReparamConfig(**source.architecture).to_dict() != cfg.to_dict():
+                raise SystemExit(f"the shipped {mid} has another architecture; cannot continue it")
+            sd = catalog.load_state_dict(source)
+            ae_state = {k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith("autoencoder.")}
+            init = {k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith("paramnet.")}
+            ae_steps = source.training.get("ae_steps")
         t1 = time.time()
         model = train_paramnet(cfg, data, ae_state, out, TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
                                                                      seed=a.seed, threads=a.threads,
-                                                                     low_res_fraction=a.low_res_fraction))
+                                                                     low_res_fraction=a.low_res_fraction),
+                               paramnet_init=init)
         print(f"{mode}: trained {a.steps} steps in {time.time() - t1:.0f} s")
         if a.ship:
-            mid = f"reparam-{mode}-{a.widths}"
             fname = f"{mid}.safetensors"
             sha = catalog.save_weights(model.state_dict(), catalog.MODELS_DIR / fname, fp16=True)
             cards = catalog.load_catalog()
@@ -83,12 +108,17 @@ def main():
                 description=("Default-to-Param: input at TE 50 ms / TR 4.5 s" if mode == "d2p"
                              else "Param-to-Param: input at any TE/TR") + f", {a.widths} widths",
                 training={"data": "paper protocol on BrainWeb (MRiLab table, 2 mm grid -> 256x256, 8-bit), "
-                                  "200 (TE,TR) pairs x 24 slices; 160 train pairs x 19 train slices",
+                                  f"{len(data.te)} (TE,TR) pairs x {len(data.slice_z)} slices; "
+                                  f"{len(data.train_pairs)} train pairs x {len(data.train_slices)} train slices"
+                                  + (f" ({a.extra_slices} training-only slices beyond the paper's 24)"
+                                     if a.extra_slices else ""),
                           "autoencoder_pretraining": "BrainWeb spin-echo images with randomised tissues + 150 "
                                                      "SIAT magnitudes (Places-365 unavailable)",
                           "steps": a.steps, "ae_steps": ae_steps, "batch": a.batch, "lr": a.lr,
                           "progressive": f"{a.low_res_fraction:.0%} of steps at 128x128, then 256x256", "loss": "MSE", "optimizer": "Adam",
-                          "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu"},
+                          "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu",
+                          **({"continued_from": {"id": source.id, "sha256": source.sha256,
+                                                 "training": source.training}} if source else {})},
                 metrics=old.metrics if old else {}, timing=old.timing if old else {})
             catalog.save_catalog(cards)
             print(f"shipped {fname} sha256={sha}")

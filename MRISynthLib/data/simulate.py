@@ -68,10 +68,11 @@ class ProtocolConfig:
     bias: float = 0.0
     seed: int = 0
     phantom: str = "brainweb"
+    extra_train_slices: int = 0    # more training-only slices (see extra_training_slices)
 
     def __post_init__(self):
-        if self.n_pairs < 1 or self.n_slices < 1 or self.size < 8:
-            raise ValueError("n_pairs, n_slices must be >= 1 and size >= 8")
+        if self.n_pairs < 1 or self.n_slices < 1 or self.size < 8 or self.extra_train_slices < 0:
+            raise ValueError("n_pairs, n_slices must be >= 1, size >= 8, extra_train_slices >= 0")
         lo, hi = self.tr_range
         if not 0 < lo < hi:
             raise ValueError("tr_range must be increasing and positive")
@@ -91,10 +92,15 @@ def sample_te_tr(n: int, rng: np.random.Generator, tr_range=(1.2, 10.0), te_rang
     return te.astype(np.float32), tr.astype(np.float32)
 
 
+def brain_z(phantom: Phantom) -> np.ndarray:
+    """Axial slice indices whose brain tissue (CSF, GM, WM) exceeds 5 % of the largest slice's."""
+    brain = phantom.fractions[1:4].sum(0).sum(axis=(1, 2))
+    return np.flatnonzero(brain > 0.05 * brain.max())
+
+
 def brain_slices(phantom: Phantom, n: int, coverage: float = 0.8) -> np.ndarray:
     """``n`` axial slice indices spread over the central ``coverage`` of the brain extent."""
-    brain = phantom.fractions[1:4].sum(0).sum(axis=(1, 2))
-    zs = np.flatnonzero(brain > 0.05 * brain.max())
+    zs = brain_z(phantom)
     lo, hi = zs.min(), zs.max()
     margin = (1 - coverage) / 2 * (hi - lo)
     return np.unique(np.round(np.linspace(lo + margin, hi - margin, n)).astype(int))
@@ -103,6 +109,24 @@ def brain_slices(phantom: Phantom, n: int, coverage: float = 0.8) -> np.ndarray:
 def is_test_slice(n_slices: int, cfg: "ProtocolConfig") -> np.ndarray:
     """The paper-protocol split of ``n_slices`` slices: every ``test_slice_every``-th is held out."""
     return (np.arange(n_slices) % cfg.test_slice_every) == (cfg.test_slice_every // 2)
+
+
+def away_from(zs, held_out, margin: int = 1) -> np.ndarray:
+    """The slice indices of ``zs`` more than ``margin`` slices away from every held-out one."""
+    zs = np.asarray(zs)
+    bad = {int(z) + d for z in held_out for d in range(-margin, margin + 1)}
+    return np.array([z for z in zs if int(z) not in bad], dtype=zs.dtype)
+
+
+def extra_training_slices(phantom: Phantom, zs: np.ndarray, is_test: np.ndarray, n: int,
+                          margin: int = 1) -> np.ndarray:
+    """Up to ``n`` more axial slices for training only, spread evenly over the brain slices
+    that are not in ``zs`` and lie more than ``margin`` slices from a held-out one (the
+    paper's 24 slices leave 19 for training; the model then over-fits their anatomy)."""
+    cand = away_from(np.setdiff1d(brain_z(phantom), zs), zs[is_test], margin)
+    if n >= len(cand):
+        return cand
+    return cand[np.unique(np.round(np.linspace(0, len(cand) - 1, n)).astype(int))]
 
 
 def resize_slices(imgs: np.ndarray, size: int) -> np.ndarray:
@@ -143,6 +167,11 @@ def make_paper_dataset(path, cfg: ProtocolConfig = None, progress: bool = True, 
     rng = np.random.default_rng(cfg.seed)
     ph = phantom if phantom is not None else _load_phantom(cfg)
     zs = brain_slices(ph, cfg.n_slices)
+    slice_is_test = is_test_slice(len(zs), cfg)
+    if cfg.extra_train_slices:
+        # training-only slices; the paper's slices and their split (and so the test set) are unchanged
+        zs = np.concatenate([zs, extra_training_slices(ph, zs, slice_is_test, cfg.extra_train_slices)])
+        slice_is_test = np.concatenate([slice_is_test, np.zeros(len(zs) - len(slice_is_test), bool)])
     frac = ph.fractions[:, zs]  # (labels, slices, y, x)
     sub = Phantom(frac, ph.spacing, ph.origin, ph.name, ph.table)
     te, tr = sample_te_tr(cfg.n_pairs, rng, cfg.tr_range, cfg.te_range)
@@ -151,7 +180,6 @@ def make_paper_dataset(path, cfg: ProtocolConfig = None, progress: bool = True, 
     n_test_pairs = int(round(cfg.test_pair_fraction * cfg.n_pairs))
     pair_is_test = np.zeros(cfg.n_pairs, bool)
     pair_is_test[rng.permutation(cfg.n_pairs)[:n_test_pairs]] = True
-    slice_is_test = is_test_slice(len(zs), cfg)
     default_seq = SequenceParams("se", cfg.default_te, cfg.default_tr, exact=cfg.exact)
 
     def degrade(img, r):

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.simulate import ProtocolConfig, brain_slices, is_test_slice, resize_slices
+from ..data.simulate import ProtocolConfig, away_from, brain_slices, brain_z, is_test_slice, resize_slices
 from ..models.quantitative import QuantConfig, QuantMaps, QuantNet, encode_acquisition, render
 from ..physics.phantoms import Phantom, add_noise, bias_field, brainweb_phantom, mni152_phantom
 from ..physics.signal import SequenceParams
@@ -84,10 +84,7 @@ def held_out_z(ph: Phantom, cfg: ProtocolConfig = ProtocolConfig()) -> np.ndarra
 
 def train_z(ph: Phantom, margin: int = 1) -> np.ndarray:
     """Brain slices of a phantom minus the held-out ones and their +/-``margin`` neighbours."""
-    brain = ph.fractions[1:4].sum(0).sum(axis=(1, 2))
-    zs = np.flatnonzero(brain > 0.05 * brain.max())
-    bad = {int(z) + d for z in held_out_z(ph) for d in range(-margin, margin + 1)}
-    return np.array([z for z in zs if z not in bad])
+    return away_from(brain_z(ph), held_out_z(ph), margin)
 
 
 def slice_fractions(ph: Phantom, zs: Sequence[int], size: int) -> np.ndarray:

@@ -113,7 +113,7 @@ def autoencoder_pool(data: PaperData, n_sim: int = 600, n_siat: int = 150, size:
                      progress: bool = True) -> np.ndarray:
     """Varied MR-like images (uint8) for autoencoder pre-training (see module doc)."""
     from ..config import data_file
-    from ..data.simulate import brain_slices, normalize_8bit, resize_slices, sample_te_tr
+    from ..data.simulate import away_from, brain_slices, normalize_8bit, resize_slices, sample_te_tr
     from ..physics.phantoms import Phantom, brainweb_phantom
     from ..physics.signal import SequenceParams
     from ..physics.tissues import jitter_table
@@ -121,8 +121,7 @@ def autoencoder_pool(data: PaperData, n_sim: int = 600, n_siat: int = 150, size:
     rng = np.random.default_rng(seed)
     ph = brainweb_phantom(voxel_mm=2.0, table="mrilab_full")
     # the data set's held-out slices (and their neighbours) stay out of pre-training too
-    held_out = {int(z) + d for z in data.slice_z[data.slice_is_test] for d in (-1, 0, 1)}
-    zs = [z for z in brain_slices(ph, 60, coverage=0.95) if z not in held_out]
+    zs = away_from(brain_slices(ph, 60, coverage=0.95), data.slice_z[data.slice_is_test])
     imgs = []
     te, tr = sample_te_tr(n_sim, rng)
     for i in tqdm(range(n_sim), desc="AE pool: simulated", disable=not progress):
@@ -181,12 +180,17 @@ def train_autoencoder(cfg: ReparamConfig, pool: np.ndarray, out_dir, tc: TrainCo
 
 
 def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict, out_dir, tc: TrainConfig,
-                   progress: bool = True) -> ReparamModel:
+                   progress: bool = True, paramnet_init: Optional[dict] = None) -> ReparamModel:
+    """Phase 2. ``paramnet_init``: Param-Net weights to start from (continuing a trained
+    model) instead of Xavier initialisation; a checkpoint in ``out_dir`` takes precedence."""
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     model = ReparamModel(cfg)
     model.autoencoder.load_state_dict(autoencoder_state)
     model.autoencoder.eval().requires_grad_(False)
-    xavier_init(model.paramnet)
+    if paramnet_init is not None:
+        model.paramnet.load_state_dict(paramnet_init)
+    else:
+        xavier_init(model.paramnet)
     opt = torch.optim.Adam(model.paramnet.parameters(), lr=tc.lr)
     ckpt = out_dir / f"paramnet_{cfg.mode}_ckpt.pt"
     start = resume(ckpt, model.paramnet, opt)
