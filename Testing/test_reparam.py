@@ -90,6 +90,19 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
         torch.testing.assert_close(cont.paramnet.state_dict()[k], v)
 
 
+def test_random_affine_warps_input_and_target_alike():
+    from MRISynthLib.training.reparam import random_affine
+
+    x = -torch.ones(4, 1, 48, 48)
+    x[:, :, 10:30, 14:34] = 1.0
+    y = 0.5 * x - 0.5  # a target that is a pixelwise function of the input
+    xa, ya = random_affine(x, y, np.random.default_rng(0))
+    assert xa.shape == x.shape and ya.shape == y.shape
+    torch.testing.assert_close(ya, 0.5 * xa - 0.5)        # one warp for both
+    assert torch.all(xa[..., 0, 0] == -1.0)                # background stays background
+    assert (xa - x).abs().max() > 1.0                      # and the images did move
+
+
 def test_weights_checksum_is_verified_and_download_is_cached(tmp_path, monkeypatch, tiny_p2p):
     w = tmp_path / "w.safetensors"
     sha = catalog.save_weights(tiny_p2p.state_dict(), w)

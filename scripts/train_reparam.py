@@ -54,6 +54,8 @@ def main():
                     help="training-only slices added when the data file is made")
     ap.add_argument("--continue-shipped", action="store_true",
                     help="start from the shipped models instead of from scratch")
+    ap.add_argument("--affine", action="store_true",
+                    help="random rotation/scale/shift of the training pairs (same warp for input and target)")
     ap.add_argument("--ship", action="store_true", help="export weights + catalog entries into the package")
     a = ap.parse_args()
 
@@ -94,7 +96,8 @@ def main():
         t1 = time.time()
         model = train_paramnet(cfg, data, ae_state, out, TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
                                                                      seed=a.seed, threads=a.threads,
-                                                                     low_res_fraction=a.low_res_fraction),
+                                                                     low_res_fraction=a.low_res_fraction,
+                                                                     affine=a.affine),
                                paramnet_init=init)
         print(f"{mode}: trained {a.steps} steps in {time.time() - t1:.0f} s")
         if a.ship:
@@ -110,12 +113,14 @@ def main():
                 training={"data": "paper protocol on BrainWeb (MRiLab table, 2 mm grid -> 256x256, 8-bit), "
                                   f"{len(data.te)} (TE,TR) pairs x {len(data.slice_z)} slices; "
                                   f"{len(data.train_pairs)} train pairs x {len(data.train_slices)} train slices"
-                                  + (f" ({a.extra_slices} training-only slices beyond the paper's 24)"
-                                     if a.extra_slices else ""),
+                                  + ("; the slices beyond the paper's 24 are training-only, away from the "
+                                     "held-out ones" if len(data.slice_z) > 24 else ""),
                           "autoencoder_pretraining": "BrainWeb spin-echo images with randomised tissues + 150 "
                                                      "SIAT magnitudes (Places-365 unavailable)",
                           "steps": a.steps, "ae_steps": ae_steps, "batch": a.batch, "lr": a.lr,
                           "progressive": f"{a.low_res_fraction:.0%} of steps at 128x128, then 256x256", "loss": "MSE", "optimizer": "Adam",
+                          "augmentation": "left-right flips" + (", random rotation (+/-10 deg), scaling "
+                                                                  "(0.9-1.1) and shift (+/-5 %)" if a.affine else ""),
                           "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu",
                           **({"continued_from": {"id": source.id, "sha256": source.sha256,
                                                  "training": source.training}} if source else {})},

@@ -91,6 +91,25 @@ def _resize(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="area")
 
 
+def random_affine(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, max_deg: float = 10.0,
+                  scale=(0.9, 1.1), shift: float = 0.05):
+    """The same random rotation, scaling and shift of each input and its target (images in
+    [-1, 1], background -1), for anatomical variety. Bilinear interpolation of both images
+    is consistent with the simulator: a rendered image is linear in the tissue fractions."""
+    n = len(x)
+    a = np.deg2rad(rng.uniform(-max_deg, max_deg, n))
+    s = rng.uniform(*scale, n)
+    t = rng.uniform(-shift, shift, (n, 2)) * 2
+    theta = np.zeros((n, 2, 3), np.float32)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = (np.cos(a) / s, -np.sin(a) / s,
+                                                                      np.sin(a) / s, np.cos(a) / s)
+    theta[:, :, 2] = t
+    grid = F.affine_grid(torch.from_numpy(theta), x.shape, align_corners=False)
+    both = F.grid_sample(torch.cat([x, y], 1) + 1, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False) - 1
+    return both[:, :x.shape[1]], both[:, x.shape[1]:]
+
+
 @dataclass
 class TrainConfig:
     steps: int = 3000
@@ -101,6 +120,7 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 200
     threads: Optional[int] = None
+    affine: bool = False         # random rotation/scale/shift of Param-Net's training pairs
 
 
 def _lr_at(step, total, base):
@@ -211,6 +231,8 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
             x, y = _resize(x, size), _resize(y, size)
             if rng.uniform() < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
+            if tc.affine:
+                x, y = random_affine(x, y, rng)
             loss = F.mse_loss(model(x, p), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
