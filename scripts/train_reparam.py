@@ -3,8 +3,8 @@
 
     python scripts/train_reparam.py --out runs/reparam            # D2P and P2P, CPU widths
     python scripts/train_reparam.py --widths paper --steps 20000   # the paper's widths (GPU)
-    python scripts/train_reparam.py --data runs/paper_ext.h5 --extra-slices 45 --continue-shipped \
-        --modes d2p --steps 6000 --lr 3e-4 --low-res-fraction 0 --out runs/reparam_ext --ship
+    python scripts/train_reparam.py --data runs/paper_ext.h5 --extra-slices 45 --continue-shipped \\
+        --modes d2p --steps 5000 --lr 3e-4 --low-res-fraction 0 --out runs/reparam_ext --ship
 
 Makes the paper-protocol data set if it is missing, pre-trains the END autoencoder,
 trains Param-Net for each mode, and (with --ship) writes fp16 safetensors into
