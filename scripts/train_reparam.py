@@ -101,13 +101,9 @@ def main():
                                paramnet_init=init)
         print(f"{mode}: trained {a.steps} steps in {time.time() - t1:.0f} s")
         if a.ship:
-            fname = f"{mid}.safetensors"
-            sha = catalog.save_weights(model.state_dict(), catalog.MODELS_DIR / fname, fp16=True)
-            cards = catalog.load_catalog()
-            old = cards.get(mid)
-            cards[mid] = catalog.ModelCard(
-                id=mid, version="1.0", task="reparam", architecture=cfg.to_dict(), weights=fname, sha256=sha,
-                citation=CITATION,
+            # metrics and timing are kept until bench_reparam.py --update-catalog measures them
+            card = catalog.ship(
+                mid, "reparam", cfg.to_dict(), model.state_dict(), citation=CITATION,
                 description=("Default-to-Param: input at TE 50 ms / TR 4.5 s" if mode == "d2p"
                              else "Param-to-Param: input at any TE/TR") + f", {a.widths} widths",
                 training={"data": "paper protocol on BrainWeb (MRiLab table, 2 mm grid -> 256x256, 8-bit), "
@@ -123,10 +119,8 @@ def main():
                                                                   "(0.9-1.1) and shift (+/-5 %)" if a.affine else ""),
                           "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu",
                           **({"continued_from": {"id": source.id, "sha256": source.sha256,
-                                                 "training": source.training}} if source else {})},
-                metrics=old.metrics if old else {}, timing=old.timing if old else {})
-            catalog.save_catalog(cards)
-            print(f"shipped {fname} sha256={sha}")
+                                                 "training": source.training}} if source else {})})
+            print(f"shipped {card.weights} sha256={card.sha256}")
 
 
 if __name__ == "__main__":
