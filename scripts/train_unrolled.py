@@ -5,6 +5,8 @@
     python scripts/train_unrolled.py --denoiser unet --loss unsupervised ...
     python scripts/train_unrolled.py ... --steps 2800 --schedule cosine --decay-from 1200   # resume and anneal
     python scripts/train_unrolled.py --flow-regime --bits 4 --center 6 --steps 1500   # the flow prior's data
+    python scripts/train_unrolled.py --accel 8 --augment --separate --init-from unrolled-resnet-vd1d-r8-cpu \
+        --out runs/unrolled_aug --steps 1500 --lr 5e-4 --schedule cosine --export unrolled-resnet-vd1d-r8-cpu
 
 Training slices 0-149, validation 150-159 (test slices 160-199 are never touched here).
 Checkpoints and the loss log go to --out; re-running resumes. ``--export MODEL_ID`` ships
@@ -17,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from MRISynthLib.data.recon_data import MulticoilConfig, load_siat, siat_split, simulate_multicoil  # noqa: E402
+from MRISynthLib.data.recon_data import (MulticoilConfig, load_siat, resampler, siat_split,  # noqa: E402
+                                         simulate_multicoil)
 from MRISynthLib.models.unrolled import UnrolledConfig  # noqa: E402
 from MRISynthLib.training.unrolled import UnrolledTrainConfig, train_unrolled  # noqa: E402
 
@@ -29,6 +32,11 @@ def main():
     ap.add_argument("--unrolls", type=int, default=4)
     ap.add_argument("--separate", action="store_true", help="separate weights per unroll")
     ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--cg-iters", type=int, default=8, help="CG iterations of each data-consistency step")
+    ap.add_argument("--augment", action="store_true",
+                    help="simulate every batch afresh: new mask and noise, random global phase and left-right flip")
+    ap.add_argument("--init-from", metavar="MODEL_ID",
+                    help="start from a shipped network (same denoiser and width; shared weights may start --separate)")
     ap.add_argument("--loss", choices=["supervised", "unsupervised"], default="supervised")
     ap.add_argument("--mask", choices=["vd1d", "equispaced", "poisson2d"], default="vd1d")
     ap.add_argument("--accel", type=float, default=4.0)
@@ -52,6 +60,8 @@ def main():
     mc = MulticoilConfig(n_coils=a.coils, snr=a.snr, mask_kind=a.mask, accel=a.accel, bits=a.bits, scale=a.scale,
                          center=a.center, seed=a.seed)
     tr, va, _ = siat_split(mc)
+    if a.flow_regime and a.augment:
+        raise SystemExit("--augment works on the SIAT regime, not --flow-regime")
     if a.flow_regime:
         from MRISynthLib.training.flow import FLOW_SIZE, flow_multicoil
         kw = dict(accel=a.accel, mask_kind=a.mask, center=6 if a.center is None else a.center, n_coils=a.coils,
@@ -59,13 +69,25 @@ def main():
         train, val = flow_multicoil(tr, a.bits, seed=a.seed, **kw), flow_multicoil(va, a.bits, seed=a.seed + 1, **kw)
         out = Path(a.out) / f"flow{FLOW_SIZE[0]}x{FLOW_SIZE[1]}_{a.bits}bit_{a.mask}_R{a.accel:g}"
     else:
-        train = simulate_multicoil(load_siat(tr), mc)
+        train = resampler(load_siat(tr), mc) if a.augment else simulate_multicoil(load_siat(tr), mc)
         val = simulate_multicoil(load_siat(va), MulticoilConfig(**{**mc.__dict__, "seed": a.seed + 1}))
         out = Path(a.out) / f"{a.mask}_R{a.accel:g}_s{a.scale:g}"
-    cfg = UnrolledConfig(denoiser=a.denoiser, unrolls=a.unrolls, shared=not a.separate, width=a.width)
+    cfg = UnrolledConfig(denoiser=a.denoiser, unrolls=a.unrolls, shared=not a.separate, width=a.width,
+                         cg_iters=a.cg_iters)
+    init, source = None, None
+    if a.init_from:
+        from MRISynthLib import catalog
+        source = catalog.get_card(a.init_from)
+        arch = source.architecture
+        if (arch["denoiser"], arch["width"], arch["blocks"], arch["unrolls"]) != (cfg.denoiser, cfg.width, cfg.blocks,
+                                                                                  cfg.unrolls) \
+                or (cfg.shared and not arch["shared"]):
+            raise SystemExit(f"{a.init_from} has another architecture ({arch}); cannot start from it")
+        init = catalog.load_state_dict(source)
     net = train_unrolled(cfg, train, out, UnrolledTrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, loss=a.loss,
                                                               schedule=a.schedule, decay_from=a.decay_from,
-                                                              seed=a.seed, threads=a.threads), val=val)
+                                                              seed=a.seed, threads=a.threads), val=val,
+                         init_state=init, n_train=len(tr))
     print(f"checkpoints and loss log in {out}")
     if a.export:
         from MRISynthLib import catalog
@@ -81,9 +103,14 @@ def main():
                       "mask_kind": a.mask, "acceleration": a.accel,
                       **({"regime": "flow80x64"} if a.flow_regime else {}), "loss": a.loss, "steps": a.steps,
                       "batch": a.batch, "lr": a.lr, "device": "cpu",
+                      **({"augmentation": "every batch simulated afresh: new mask and noise, random global "
+                                          "phase, left-right flips"} if a.augment else {}),
+                      **({"continued_from": {"id": source.id, "sha256": source.sha256,
+                                             "training": source.training}} if source else {}),
                       "schedule": "constant" if a.schedule == "constant"
                       else f"constant to step {a.decay_from}, then cosine to 5 % at step {a.steps}"},
-            description=f"Unrolled {a.denoiser} denoiser + CG data consistency, {cfg.unrolls} unrolls")
+            description=f"Unrolled {a.denoiser} denoiser + CG data consistency, {cfg.unrolls} unrolls"
+                        + ("" if cfg.shared else " (separate weights)"))
         print(f"shipped {card.weights} (sha256 {card.sha256[:12]}...)")
 
 

@@ -109,6 +109,23 @@ def simulate_multicoil(images: np.ndarray, cfg: MulticoilConfig):
     return {"imgs": imgs, "maps": maps, "masks": masks, "ksp": ksp}
 
 
+def resampler(images: np.ndarray, cfg: MulticoilConfig, flips: bool = True):
+    """Training-time augmentation: a function ``draw(idx, rng)`` that simulates the slices
+    ``images[idx]`` afresh at every call - a new mask of ``cfg``'s family and acceleration,
+    new noise, a random global phase and (``flips``) a random left-right mirror - so the
+    network does not learn one fixed mask and noise draw per training slice. Same pipeline
+    as :func:`simulate_multicoil` (preprocessing, coils, SNR); returns its dict."""
+    images = np.asarray(images)
+
+    def draw(idx, rng: np.random.Generator):
+        x = images[np.asarray(idx)] * np.exp(2j * np.pi * rng.uniform(size=len(idx)))[:, None, None]
+        if flips:
+            x = np.where(rng.uniform(size=len(idx))[:, None, None] < 0.5, x, x[..., ::-1])
+        return simulate_multicoil(x, MulticoilConfig(**{**cfg.__dict__, "seed": int(rng.integers(2 ** 31)),
+                                                        "same_mask": False}))
+    return draw
+
+
 def siat_split(cfg: MulticoilConfig):
     """Indices of the train, validation and test slices (split by slice)."""
     idx = np.arange(200)

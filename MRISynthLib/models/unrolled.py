@@ -9,7 +9,8 @@ solved by conjugate gradients on the SENSE operator of :mod:`MRISynthLib.physics
 ``mu`` is learned (through a softplus, so it stays positive); as mu grows the sampled
 k-space is reproduced exactly. Denoisers: a ResNet, and the seed's U-Net variant (3
 levels, upsampling + 1x1 convolution in the expanding path). Weights can be shared across
-unrolls or separate.
+unrolls or separate. The data are turned to a real, positive mean zero-filled value before
+the unrolls and turned back after them, so the output follows a global phase of the data.
 
 Tensors: image (B, H, W) complex, maps (B, C, H, W) complex, mask (B, H, W) or (H, W).
 """
@@ -132,6 +133,20 @@ def data_consistency(z, aty, maps, mask, mu, iters: int = 8, x0=None):
     return fftshift2(x)
 
 
+def expand_state(state: dict, cfg: UnrolledConfig) -> dict:
+    """A state dict of a shared-weight network made fit for ``cfg``: with separate weights
+    (``cfg.shared`` False) every unroll starts from the shared denoiser, so the network
+    computes the same function as the one it came from until training separates them."""
+    if cfg.shared or any(k.startswith("denoisers.1.") for k in state):
+        return dict(state)
+    out = {k: v for k, v in state.items() if not k.startswith("denoisers.")}
+    for k, v in state.items():
+        if k.startswith("denoisers.0."):
+            for u in range(cfg.unrolls):
+                out[f"denoisers.{u}." + k[len("denoisers.0."):]] = v.clone()
+    return out
+
+
 class UnrolledNet(nn.Module):
     def __init__(self, cfg: UnrolledConfig = UnrolledConfig()):
         super().__init__()
@@ -154,9 +169,16 @@ class UnrolledNet(nn.Module):
     def forward(self, kspace, maps, mask):
         """kspace (B, C, H, W) complex (zero where unsampled) -> image (B, H, W) complex."""
         aty = sense_adjoint(kspace, maps, mask)
+        # global phase normalisation: the denoiser sees the image turned so that its mean
+        # zero-filled value is real and positive (as in the training data), and the result is
+        # turned back. The network is then equivariant to a global phase of the data, which
+        # real scans have arbitrarily (the denoiser alone is not: a phase of pi ruins it).
+        rot = torch.sgn(aty.sum((-2, -1), keepdim=True))
+        rot = torch.where(rot == 0, torch.ones_like(rot), rot)
+        aty = aty * rot.conj()
         x = aty
         for k in range(self.cfg.unrolls):
             d = self.denoisers[0 if self.cfg.shared else k]
             z = r2c(d(self._layout(c2r(x))))
             x = data_consistency(z, aty, maps, mask, self.mu, self.cfg.cg_iters, x0=z)
-        return x
+        return x * rot

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.unrolled import UnrolledConfig, UnrolledNet
+from ..models.unrolled import UnrolledConfig, UnrolledNet, expand_state
 from ..physics.sense import sense_forward
 from .common import cosine_lr, log_step, resume, save_ckpt, start_run
 
@@ -54,8 +54,14 @@ def normalise(batch: Dict[str, np.ndarray]):
             "masks": batch["masks"], "scale": s}
 
 
-def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, tc: UnrolledTrainConfig,
-                   val: Optional[Dict[str, np.ndarray]] = None, progress: bool = True) -> UnrolledNet:
+def train_unrolled(cfg: UnrolledConfig, train, out_dir, tc: UnrolledTrainConfig,
+                   val: Optional[Dict[str, np.ndarray]] = None, progress: bool = True,
+                   init_state: Optional[dict] = None, n_train: Optional[int] = None) -> UnrolledNet:
+    """``train``: the fixed training set (dict in the seed-004 layout), or a function
+    ``draw(idx, rng) -> dict`` that simulates slices ``idx`` (of ``n_train``) afresh at each
+    step (:func:`~MRISynthLib.data.recon_data.resampler`). ``init_state``: weights to start
+    from (a shipped network's; a shared-weight state also starts a separate-weight network)
+    when there is no checkpoint to resume."""
     if tc.schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule {tc.schedule!r} (constant or cosine)")
     out_dir = start_run(out_dir, tc.threads, tc.seed)
@@ -64,10 +70,18 @@ def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, t
     tag = f"unrolled_{cfg.denoiser}_{tc.loss}"
     ckpt = out_dir / f"{tag}_ckpt.pt"
     start = resume(ckpt, net, opt)
-    train = normalise(train)
+    if start == 0 and init_state is not None:
+        net.load_state_dict(expand_state(init_state, cfg))
+    draw: Optional[Callable] = train if callable(train) else None
+    if draw is None:
+        train = normalise(train)
+        n = len(train["imgs"])
+    elif not n_train:
+        raise ValueError("n_train is needed with a resampling training set")
+    else:
+        n = n_train
     val = normalise(val) if val is not None else None
     rng = np.random.default_rng([tc.seed, start])
-    n = len(train["imgs"])
     step = start
     log = open(out_dir / f"{tag}_loss.csv", "a", newline="")
     wr = csv.writer(log)
@@ -78,7 +92,8 @@ def train_unrolled(cfg: UnrolledConfig, train: Dict[str, np.ndarray], out_dir, t
     try:
         for step in tqdm(range(start, tc.steps), desc=tag, initial=start, total=tc.steps, disable=not progress):
             idx = rng.choice(n, tc.batch, replace=False) if n >= tc.batch else rng.choice(n, tc.batch)
-            k, maps, mask, img = (_t(train[key][idx]) for key in ("ksp", "maps", "masks", "imgs"))
+            batch = normalise(draw(idx, rng)) if draw is not None else {key: train[key][idx] for key in train}
+            k, maps, mask, img = (_t(batch[key]) for key in ("ksp", "maps", "masks", "imgs"))
             for g in opt.param_groups:
                 g["lr"] = tc.lr if tc.schedule == "constant" else cosine_lr(tc.lr, step, tc.steps, tc.decay_from)
             if tc.loss == "supervised":
