@@ -51,3 +51,24 @@ def test_siat_loads_complex_slices():
     x = R.load_siat([3, 1])
     assert x.shape == (2, 256, 256) and np.iscomplexobj(x)
     assert np.abs(x).max() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_resampler_draws_new_masks_and_noise_of_the_same_images(rng):
+    imgs = (rng.standard_normal((3, 32, 32)) + 1j * rng.standard_normal((3, 32, 32))).astype(np.complex64)
+    cfg = R.MulticoilConfig(n_coils=4, snr=20, accel=4, center=4, same_mask=True)
+    draw = R.resampler(imgs, cfg)
+    g = np.random.default_rng(0)
+    a, b = draw([0, 2], g), draw([0, 2], g)
+    assert a["imgs"].shape == (2, 32, 32) and a["ksp"].shape == (2, 4, 32, 32)
+    assert not np.array_equal(a["masks"][0], b["masks"][0])          # a new mask every draw ...
+    assert not np.array_equal(a["masks"][0], a["masks"][1])          # ... and per slice
+    for d in (a, b):
+        for out, src in zip(d["imgs"], imgs[[0, 2]]):                  # the same image, turned and maybe mirrored
+            ph = np.vdot(src, out) / np.vdot(src, src)
+            ph_f = np.vdot(src[:, ::-1], out) / np.vdot(src, src)
+            assert max(abs(ph), abs(ph_f)) == pytest.approx(1, abs=1e-5)
+        noise = d["ksp"] - sense.sense_forward(d["imgs"], d["maps"], d["masks"])
+        assert np.abs(noise).max() > 0                                 # noise drawn at the configured SNR
+    flips = [abs(np.vdot(imgs[0], draw([0], g)["imgs"][0])) > 0.5 * np.vdot(imgs[0], imgs[0]).real
+             for _ in range(20)]
+    assert 0 < sum(flips) < 20                                          # both mirrored and not

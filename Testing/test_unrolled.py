@@ -76,6 +76,34 @@ def test_unrolled_shapes_and_weight_sharing(den):
     assert UNetDenoiser(8)(torch.randn(1, 2, 28, 20)).shape == (1, 2, 28, 20)
 
 
+def test_output_follows_a_global_phase_of_the_data():
+    """A global phase of the k-space turns the output by the same phase (the denoiser alone
+    is not equivariant; the network normalises the phase around it)."""
+    torch.manual_seed(0)
+    img, maps, mask, y = _problem(n=24)
+    net = UnrolledNet(UnrolledConfig(unrolls=2, width=8, blocks=1, cg_iters=3)).double()
+    with torch.no_grad():
+        out = net(y, maps, mask)
+        for theta in (np.pi, 2.0):
+            turned = net(y * np.exp(1j * theta), maps, mask)
+            assert torch.allclose(turned, out * np.exp(1j * theta), atol=1e-10)
+        assert torch.isfinite(net(torch.zeros_like(y), maps, mask)).all()   # no phase to take: no NaN
+
+
+def test_separate_weights_start_from_a_shared_network():
+    from MRISynthLib.models.unrolled import expand_state
+
+    img, maps, mask, y = _problem(n=24)
+    shared = UnrolledNet(UnrolledConfig(unrolls=3, width=8, blocks=1, cg_iters=3)).double()
+    sep = UnrolledNet(UnrolledConfig(unrolls=3, width=8, blocks=1, cg_iters=3, shared=False)).double()
+    with torch.no_grad():
+        assert not torch.allclose(sep(y, maps, mask), shared(y, maps, mask))
+        sep.load_state_dict(expand_state(shared.state_dict(), sep.cfg))
+        assert torch.allclose(sep(y, maps, mask), shared(y, maps, mask), atol=1e-12)
+    again = expand_state(sep.state_dict(), sep.cfg)            # already separate: unchanged
+    assert all(torch.equal(again[k], v) for k, v in sep.state_dict().items())
+
+
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     img, maps, mask, y = _problem(b=4, n=32)
@@ -135,3 +163,27 @@ def test_cosine_schedule_holds_then_anneals_and_resumes(tmp_path):
     assert lr_of() == pytest.approx(cosine_lr(2e-3, 7, 8, start=4))
     with pytest.raises(ValueError, match="schedule"):
         train_unrolled(cfg, data, tmp_path, UnrolledTrainConfig(steps=9, schedule="step"), progress=False)
+
+
+def test_trainer_resamples_batches_and_starts_from_given_weights(tmp_path):
+    from MRISynthLib.training.unrolled import UnrolledTrainConfig, train_unrolled
+
+    img, maps, mask, y = _problem(b=4, n=24, seed=3)
+    cfg = UnrolledConfig(unrolls=2, width=8, blocks=1, cg_iters=3)
+    calls = []
+
+    def draw(idx, rng):
+        calls.append(np.array(idx))
+        m = torch.from_numpy(masks.variable_density_1d(24, 3, n_center=6, seed=int(rng.integers(1000))).for_kspace(24))
+        k = sense.sense_forward(img[idx], maps[idx], m.double())
+        return {"imgs": img[idx].numpy().astype(np.complex64), "maps": maps[idx].numpy().astype(np.complex64),
+                "masks": m.expand(len(idx), -1, -1).numpy().astype(np.float32), "ksp": k.numpy().astype(np.complex64)}
+
+    start = UnrolledNet(cfg)
+    with pytest.raises(ValueError, match="n_train"):
+        train_unrolled(cfg, draw, tmp_path / "a", UnrolledTrainConfig(steps=1, batch=2), progress=False)
+    net = train_unrolled(cfg, draw, tmp_path / "b", UnrolledTrainConfig(steps=3, batch=2, lr=0.0), progress=False,
+                         init_state=start.state_dict(), n_train=4)
+    assert len(calls) == 3 and all(len(c) == 2 and c.max() < 4 for c in calls)
+    # lr 0: the trained network is the one it started from, not a fresh initialisation
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in net.state_dict().items())

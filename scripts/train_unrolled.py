@@ -108,7 +108,8 @@ def main():
                       **({"continued_from": {"id": source.id, "sha256": source.sha256,
                                              "training": source.training}} if source else {}),
                       "schedule": "constant" if a.schedule == "constant"
-                      else f"constant to step {a.decay_from}, then cosine to 5 % at step {a.steps}"},
+                      else (f"constant to step {a.decay_from}, then " if a.decay_from else "")
+                      + f"cosine to 5 % at step {a.steps}"},
             description=f"Unrolled {a.denoiser} denoiser + CG data consistency, {cfg.unrolls} unrolls"
                         + ("" if cfg.shared else " (separate weights)"))
         print(f"shipped {card.weights} (sha256 {card.sha256[:12]}...)")
