@@ -580,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="unrolled, flow: a model id from the catalog (default: the shipped "
                                                  "one)")
     s.add_argument("--device", default="auto", help="unrolled, flow: auto, cpu, cuda, cuda:N (default auto)")
-    s.add_argument("--lamda", type=float, help="regularisation weight (default 0.01 CG-SENSE, 0.002 CS; flow: the "
-                                               "L1 weight tuned for the model)")
+    s.add_argument("--lamda", type=float, help="regularisation weight (default: CG-SENSE and CS the weights tuned "
+                                               "at the nearest acceleration; flow: the L1 weight tuned for the model)")
     s.add_argument("--beta", type=float, help="flow: weight of -log p(G(z)) (default: tuned for the model)")
     s.add_argument("--flow-variant", choices=["l1+logprob", "l1", "logprob"],
                    help="flow: objective (default: the variant tuned as best for the model)")

@@ -145,3 +145,24 @@ def test_unrolled_model_choice_follows_the_acceleration():
     from MRISynthLib.tasks.recon import mask_family
     assert mask_family(make_mask("vd1d", (64, 80), 4).for_kspace(64)) == "1d"
     assert mask_family(make_mask("poisson2d", (64, 80), 4).for_kspace(64)) == "2d"
+
+
+def test_classical_methods_default_to_the_weights_tuned_at_the_nearest_acceleration():
+    from MRISynthLib.physics.masks import make_mask
+    from MRISynthLib.tasks.recon import TUNED_LAMDA, default_lamda, reconstruct
+
+    r4, r8 = (make_mask("vd1d", (64, 64), r, center=4, seed=1).for_kspace(64) for r in (4, 7.5))
+    assert default_lamda("cs", r4) == TUNED_LAMDA[("cs", "1d")][4.0]
+    assert default_lamda("cs", r8) == TUNED_LAMDA[("cs", "1d")][8.0] != TUNED_LAMDA[("cs", "1d")][4.0]
+    assert default_lamda("cg-sense", r8) == TUNED_LAMDA[("cg-sense", "1d")][8.0]
+    p4 = make_mask("poisson2d", (64, 64), 4, seed=1).for_kspace(64)
+    assert default_lamda("cs", p4) == TUNED_LAMDA[("cs", "2d")][4.0]
+    # reconstruct uses them when no lamda is given
+    maps = sense.birdcage_maps(4, (64, 64))
+    k = sense.sense_forward(phantom(64), maps, r8)
+    for method in ("cs", "cg-sense"):
+        default = reconstruct(k, mask=r8, maps=maps, method=method, iters=5)
+        tuned = reconstruct(k, mask=r8, maps=maps, method=method, iters=5, lamda=default_lamda(method, r8))
+        other = reconstruct(k, mask=r8, maps=maps, method=method, iters=5, lamda=0.05)
+        np.testing.assert_allclose(default, tuned)
+        assert not np.allclose(default, other)

@@ -34,6 +34,21 @@ METHODS = ("zero-filled", "cg-sense", "cs", "unrolled", "flow")
 
 ONE_D_MASKS = ("vd1d", "equispaced")
 
+# Regularisation weights of the classical methods (data scaled so that the zero-filled
+# image has 99th percentile 1), chosen on the validation slices at each acceleration and
+# mask family by ``scripts/bench_recon.py --tune-cs``; the nearest acceleration is used.
+TUNED_LAMDA = {("cs", "1d"): {4.0: 1e-3, 8.0: 2.5e-4}, ("cg-sense", "1d"): {4.0: 4e-3, 8.0: 5e-4},
+               ("cs", "2d"): {4.0: 1e-3}, ("cg-sense", "2d"): {4.0: 4e-3}}
+
+
+def default_lamda(method: str, mask: np.ndarray) -> float:
+    """The tuned weight of ``method`` ("cs" or "cg-sense") for this mask's family, at the
+    tuned acceleration nearest to the mask's (on a log scale)."""
+    m = np.asarray(mask)
+    table = TUNED_LAMDA[(method, mask_family(m))]
+    accel = m.size / max(float((m > 0).sum()), 1.0)
+    return table[min(table, key=lambda r: abs(np.log(r / accel)))]
+
 
 def mask_family(mask: np.ndarray) -> str:
     """"1d" when every sampled phase-encode line is fully sampled along kx, else "2d"."""
@@ -217,9 +232,11 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
                     y = net(t((ki / sc).astype(np.complex64)), t(sm.astype(np.complex64)), t(mi.astype(np.float32)))
                 out[i] = y[0].cpu().numpy() * sc
             elif method == "cg-sense":
-                out[i] = C.cg_sense(ki, sm, mi, lamda=1e-2 if lamda is None else lamda, iters=iters or 30)
+                out[i] = C.cg_sense(ki, sm, mi, lamda=default_lamda(method, mi) if lamda is None else lamda,
+                                    iters=iters or 30)
             else:
-                out[i] = C.l1_wavelet_cs(ki, sm, mi, lamda=2e-3 if lamda is None else lamda, iters=iters or 100)
+                out[i] = C.l1_wavelet_cs(ki, sm, mi, lamda=default_lamda(method, mi) if lamda is None else lamda,
+                                         iters=iters or 100)
         out[i] *= scale
         if progress_callback is not None:
             progress_callback((i + 1) / s)
