@@ -38,7 +38,7 @@ ONE_D_MASKS = ("vd1d", "equispaced")
 # image has 99th percentile 1), chosen on the validation slices at each acceleration and
 # mask family by ``scripts/bench_recon.py --tune-cs``; the nearest acceleration is used.
 TUNED_LAMDA = {("cs", "1d"): {4.0: 1e-3, 8.0: 2.5e-4}, ("cg-sense", "1d"): {4.0: 4e-3, 8.0: 5e-4},
-               ("cs", "2d"): {4.0: 1e-3}, ("cg-sense", "2d"): {4.0: 4e-3}}
+               ("cs", "2d"): {4.0: 2e-3}, ("cg-sense", "2d"): {4.0: 1.6e-2}}
 
 
 def default_lamda(method: str, mask: np.ndarray) -> float:
