@@ -187,3 +187,18 @@ def test_trainer_resamples_batches_and_starts_from_given_weights(tmp_path):
     assert len(calls) == 3 and all(len(c) == 2 and c.max() < 4 for c in calls)
     # lr 0: the trained network is the one it started from, not a fresh initialisation
     assert all(torch.equal(v, start.state_dict()[k]) for k, v in net.state_dict().items())
+
+
+def test_run_origin_is_remembered_while_the_checkpoint_exists(tmp_path):
+    from types import SimpleNamespace
+
+    from MRISynthLib.training.common import run_origin
+
+    ckpt = tmp_path / "run" / "x_ckpt.pt"
+    first = SimpleNamespace(id="m", sha256="aaa", training={"steps": 1})
+    second = SimpleNamespace(id="m", sha256="bbb", training={"steps": 2})   # the card after this run's export
+    assert run_origin(ckpt, first)["sha256"] == "aaa"
+    ckpt.write_bytes(b"")                                                    # the run has a checkpoint now
+    assert run_origin(ckpt, second) == {"id": "m", "sha256": "aaa", "training": {"steps": 1}}
+    ckpt.unlink()                                                            # a fresh run starts from the card
+    assert run_origin(ckpt, second)["sha256"] == "bbb"

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from MRISynthLib import catalog  # noqa: E402
 from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset  # noqa: E402
 from MRISynthLib.models.paramnet import ReparamConfig, WIDTHS  # noqa: E402
+from MRISynthLib.training.common import run_origin  # noqa: E402
 from MRISynthLib.training.reparam import (PaperData, TrainConfig, autoencoder_pool,  # noqa: E402
-                                          train_autoencoder, train_paramnet)
+                                          paramnet_checkpoint, train_autoencoder, train_paramnet)
 
 CITATION = ("Narang, Raj, Pop, Ebrahimi, 'Deep Learning-Based MR Image Re-parameterization', BIOENG 2022; "
             "BrainWeb (Cocosco et al. 1997) via MRiLab (Liu et al. 2017)")
@@ -84,7 +85,7 @@ def main():
     for mode in a.modes.split(","):
         cfg = ReparamConfig(mode, widths=a.widths)
         mid = f"reparam-{mode}-{a.widths}"
-        init, source = None, None
+        init, origin = None, None
         if a.continue_shipped:
             source = catalog.get_card(mid)
             if ReparamConfig(**source.architecture).to_dict() != cfg.to_dict():
@@ -93,6 +94,7 @@ def main():
             ae_state = {k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith("autoencoder.")}
             init = {k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith("paramnet.")}
             ae_steps = source.training.get("ae_steps")
+            origin = run_origin(paramnet_checkpoint(out, mode), source)
         t1 = time.time()
         model = train_paramnet(cfg, data, ae_state, out, TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
                                                                      seed=a.seed, threads=a.threads,
@@ -118,8 +120,7 @@ def main():
                           "augmentation": "left-right flips" + (", random rotation (+/-10 deg), scaling "
                                                                   "(0.9-1.1) and shift (+/-5 %)" if a.affine else ""),
                           "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu",
-                          **({"continued_from": {"id": source.id, "sha256": source.sha256,
-                                                 "training": source.training}} if source else {})})
+                          **({"continued_from": origin} if origin else {})})
             print(f"shipped {card.weights} sha256={card.sha256}")
 
 

@@ -14,7 +14,6 @@ the weights (fp16 safetensors + catalog card); re-running with the same --steps 
 exports.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from MRISynthLib.data.recon_data import (MulticoilConfig, load_siat, resampler, siat_split,  # noqa: E402
                                          simulate_multicoil)
 from MRISynthLib.models.unrolled import UnrolledConfig  # noqa: E402
-from MRISynthLib.training.unrolled import UnrolledTrainConfig, train_unrolled  # noqa: E402
+from MRISynthLib.training.common import run_origin  # noqa: E402
+from MRISynthLib.training.unrolled import UnrolledTrainConfig, checkpoint_path, train_unrolled  # noqa: E402
 
 
 def main():
@@ -75,7 +75,9 @@ def main():
         out = Path(a.out) / f"{a.mask}_R{a.accel:g}_s{a.scale:g}"
     cfg = UnrolledConfig(denoiser=a.denoiser, unrolls=a.unrolls, shared=not a.separate, width=a.width,
                          cg_iters=a.cg_iters)
-    init, source_info = None, None
+    tc = UnrolledTrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, loss=a.loss, schedule=a.schedule,
+                             decay_from=a.decay_from, seed=a.seed, threads=a.threads)
+    init, origin = None, None
     if a.init_from:
         from MRISynthLib import catalog
         source = catalog.get_card(a.init_from)
@@ -85,19 +87,8 @@ def main():
                 or (cfg.shared and not arch["shared"]):
             raise SystemExit(f"{a.init_from} has another architecture ({arch}); cannot start from it")
         init = catalog.load_state_dict(source)
-        # the model a run started from, kept beside its checkpoint: re-running the command to
-        # export must not take the (by then replaced) shipped card for its origin
-        origin = out / "init_from.json"
-        if origin.exists() and (out / f"unrolled_{a.denoiser}_{a.loss}_ckpt.pt").exists():
-            source_info = json.loads(origin.read_text())
-        else:
-            source_info = {"id": source.id, "sha256": source.sha256, "training": source.training}
-            out.mkdir(parents=True, exist_ok=True)
-            origin.write_text(json.dumps(source_info))
-    net = train_unrolled(cfg, train, out, UnrolledTrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, loss=a.loss,
-                                                              schedule=a.schedule, decay_from=a.decay_from,
-                                                              seed=a.seed, threads=a.threads), val=val,
-                         init_state=init, n_train=len(tr))
+        origin = run_origin(checkpoint_path(out, cfg, tc), source)
+    net = train_unrolled(cfg, train, out, tc, val=val, init_state=init, n_train=len(tr))
     print(f"checkpoints and loss log in {out}")
     if a.export:
         from MRISynthLib import catalog
@@ -115,7 +106,7 @@ def main():
                       "batch": a.batch, "lr": a.lr, "device": "cpu",
                       **({"augmentation": "every batch simulated afresh: new mask and noise, random global "
                                           "phase, left-right flips"} if a.augment else {}),
-                      **({"continued_from": source_info} if source_info else {}),
+                      **({"continued_from": origin} if origin else {}),
                       "schedule": "constant" if a.schedule == "constant"
                       else (f"constant to step {a.decay_from}, then " if a.decay_from else "")
                       + f"cosine to 5 % at step {a.steps}"},

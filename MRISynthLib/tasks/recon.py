@@ -44,10 +44,15 @@ TUNED_LAMDA = {("cs", "1d"): {4.0: 1e-3, 8.0: 2.5e-4}, ("cg-sense", "1d"): {4.0:
 def default_lamda(method: str, mask: np.ndarray) -> float:
     """The tuned weight of ``method`` ("cs" or "cg-sense") for this mask's family, at the
     tuned acceleration nearest to the mask's (on a log scale)."""
-    m = np.asarray(mask)
-    table = TUNED_LAMDA[(method, mask_family(m))]
-    accel = m.size / max(float((m > 0).sum()), 1.0)
+    table = TUNED_LAMDA[(method, mask_family(mask))]
+    accel = acceleration(mask)
     return table[min(table, key=lambda r: abs(np.log(r / accel)))]
+
+
+def acceleration(mask: np.ndarray) -> float:
+    """Samples in the grid per sampled point."""
+    m = np.asarray(mask)
+    return m.size / max(float((m > 0).sum()), 1.0)
 
 
 def mask_family(mask: np.ndarray) -> str:
@@ -211,8 +216,8 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
     if method == "unrolled":
         from ..models.unrolled import UnrolledNet
 
-        accel = mask.size / max(float(mask.sum()), 1.0)
-        net = model if isinstance(model, UnrolledNet) else load_unrolled(model, device, accel, mask_family(mask))[0]
+        net = model if isinstance(model, UnrolledNet) else load_unrolled(model, device, acceleration(mask),
+                                                                          mask_family(mask))[0]
         dev = next(net.parameters()).device
     scale = np.percentile(np.abs(C.zero_filled(k[s // 2], None, mask)), 99) or 1.0
     for i in tqdm(range(s), desc=method, unit="slice", disable=not progress):

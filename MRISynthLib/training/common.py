@@ -1,7 +1,9 @@
 """Helpers shared by the trainers: run set-up, checkpoint save (atomic), resume, the
-cosine learning-rate schedule and the per-step log/checkpoint cadence."""
+origin of a run that starts from a shipped model, the cosine learning-rate schedule and
+the per-step log/checkpoint cadence."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -33,6 +35,20 @@ def resume(ckpt: Path, module: torch.nn.Module, opt) -> int:
     module.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
     return int(st["step"])
+
+
+def run_origin(ckpt: Path, card) -> dict:
+    """The model a run starts from (``card``'s id, SHA256 and training, for the exported
+    card's ``continued_from``), written beside the checkpoint when the run starts and read
+    back while its checkpoint exists: exporting later, when the shipped card may already
+    have been replaced by this run's own export, still names the model it started from."""
+    f = Path(ckpt).with_name(Path(ckpt).stem + "_origin.json")
+    if f.exists() and Path(ckpt).exists():
+        return json.loads(f.read_text())
+    info = {"id": card.id, "sha256": card.sha256, "training": card.training}
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(info))
+    return info
 
 
 def cosine_lr(base: float, step: int, total: int, start: int = 0, floor: float = 0.05) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Optional
 
@@ -199,6 +200,10 @@ def train_autoencoder(cfg: ReparamConfig, pool: np.ndarray, out_dir, tc: TrainCo
     return ae
 
 
+def paramnet_checkpoint(out_dir, mode: str) -> Path:
+    return Path(out_dir) / f"paramnet_{mode}_ckpt.pt"
+
+
 def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict, out_dir, tc: TrainConfig,
                    progress: bool = True, paramnet_init: Optional[dict] = None) -> ReparamModel:
     """Phase 2. ``paramnet_init``: Param-Net weights to start from (continuing a trained
@@ -212,7 +217,7 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
     else:
         xavier_init(model.paramnet)
     opt = torch.optim.Adam(model.paramnet.parameters(), lr=tc.lr)
-    ckpt = out_dir / f"paramnet_{cfg.mode}_ckpt.pt"
+    ckpt = paramnet_checkpoint(out_dir, cfg.mode)
     start = resume(ckpt, model.paramnet, opt)
     rng = np.random.default_rng([tc.seed, start, 1])
     log = open(out_dir / f"paramnet_{cfg.mode}_loss.csv", "a", newline="")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -54,6 +55,10 @@ def normalise(batch: Dict[str, np.ndarray]):
             "masks": batch["masks"], "scale": s}
 
 
+def checkpoint_path(out_dir, cfg: UnrolledConfig, tc: UnrolledTrainConfig) -> Path:
+    return Path(out_dir) / f"unrolled_{cfg.denoiser}_{tc.loss}_ckpt.pt"
+
+
 def train_unrolled(cfg: UnrolledConfig, train, out_dir, tc: UnrolledTrainConfig,
                    val: Optional[Dict[str, np.ndarray]] = None, progress: bool = True,
                    init_state: Optional[dict] = None, n_train: Optional[int] = None) -> UnrolledNet:
@@ -68,7 +73,7 @@ def train_unrolled(cfg: UnrolledConfig, train, out_dir, tc: UnrolledTrainConfig,
     net = UnrolledNet(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
     tag = f"unrolled_{cfg.denoiser}_{tc.loss}"
-    ckpt = out_dir / f"{tag}_ckpt.pt"
+    ckpt = checkpoint_path(out_dir, cfg, tc)
     start = resume(ckpt, net, opt)
     if start == 0 and init_state is not None:
         net.load_state_dict(expand_state(init_state, cfg))
