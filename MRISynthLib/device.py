@@ -15,6 +15,22 @@ def resolve_device(device=None) -> torch.device:
     return dev
 
 
+def native_bf16(device) -> bool:
+    """True on a CPU with AMX tiles (native bfloat16 matrix units: convolutions run ~2-3x
+    faster in bf16 there; elsewhere bf16 on the CPU is emulated and gains little)."""
+    dev = torch.device(device)
+    return dev.type == "cpu" and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def resolve_precision(precision, device) -> str:
+    """ "auto" -> "bf16" where :func:`native_bf16`, else "fp32"; "fp32" and "bf16" as given."""
+    if precision in (None, "auto"):
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision
+
+
 def available_devices():
     """[(label, torch device string)] for a device chooser: Auto, each CUDA device, CPU."""
     out = [("Auto", "auto")]

@@ -11,11 +11,14 @@ k-space is reproduced exactly. Denoisers: a ResNet, and the seed's U-Net variant
 levels, upsampling + 1x1 convolution in the expanding path). Weights can be shared across
 unrolls or separate. The data are turned to a real, positive mean zero-filled value before
 the unrolls and turned back after them, so the output follows a global phase of the data.
+``precision="bf16"`` runs the denoisers under bfloat16 autocast (the data-consistency
+steps stay complex64): about twice as fast on CPUs with AMX, within ~1e-3 of fp32.
 
 Tensors: image (B, H, W) complex, maps (B, C, H, W) complex, mask (B, H, W) or (H, W).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -101,6 +104,9 @@ class UNetDenoiser(nn.Module):
         return x + y
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class UnrolledConfig:
     denoiser: str = "resnet"   # "resnet" or "unet"
@@ -134,16 +140,24 @@ def data_consistency(z, aty, maps, mask, mu, iters: int = 8, x0=None):
 
 
 def expand_state(state: dict, cfg: UnrolledConfig) -> dict:
-    """A state dict of a shared-weight network made fit for ``cfg``: with separate weights
-    (``cfg.shared`` False) every unroll starts from the shared denoiser, so the network
-    computes the same function as the one it came from until training separates them."""
-    if cfg.shared or any(k.startswith("denoisers.1.") for k in state):
+    """A state dict of a trained network made fit for ``cfg`` with separate weights.
+
+    From shared weights every unroll starts as the shared denoiser, so the network computes
+    the same function as the one it came from until training separates them. From separate
+    weights with fewer unrolls, the added unrolls start as copies of the last denoiser with
+    its final layer zeroed: they begin as identities, so the network starts as the old one
+    followed by further data-consistency steps."""
+    n_old = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("denoisers."))
+    if cfg.shared or n_old >= cfg.unrolls:
         return dict(state)
+    last = list(make_denoiser(cfg).state_dict())[-2:]       # the final convolution's weight and bias
     out = {k: v for k, v in state.items() if not k.startswith("denoisers.")}
-    for k, v in state.items():
-        if k.startswith("denoisers.0."):
-            for u in range(cfg.unrolls):
-                out[f"denoisers.{u}." + k[len("denoisers.0."):]] = v.clone()
+    for u in range(cfg.unrolls):
+        for k, v in state.items():
+            if k.startswith(f"denoisers.{min(u, n_old - 1)}."):
+                name = k.split(".", 2)[2]
+                new = n_old > 1 and u >= n_old
+                out[f"denoisers.{u}.{name}"] = torch.zeros_like(v) if new and name in last else v.clone()
     return out
 
 
@@ -166,8 +180,13 @@ class UnrolledNet(nn.Module):
         values); their backward is slower, so a pass that needs gradients keeps NCHW."""
         return x if torch.is_grad_enabled() else x.contiguous(memory_format=torch.channels_last)
 
-    def forward(self, kspace, maps, mask):
-        """kspace (B, C, H, W) complex (zero where unsampled) -> image (B, H, W) complex."""
+    def forward(self, kspace, maps, mask, precision: str = "fp32"):
+        """kspace (B, C, H, W) complex (zero where unsampled) -> image (B, H, W) complex.
+        ``precision``: "fp32" or "bf16" (the denoisers under bfloat16 autocast)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        amp = (torch.autocast(kspace.device.type, dtype=torch.bfloat16) if precision == "bf16"
+               else contextlib.nullcontext())
         aty = sense_adjoint(kspace, maps, mask)
         # global phase normalisation: the denoiser sees the image turned so that its mean
         # zero-filled value is real and positive (as in the training data), and the result is
@@ -179,6 +198,8 @@ class UnrolledNet(nn.Module):
         x = aty
         for k in range(self.cfg.unrolls):
             d = self.denoisers[0 if self.cfg.shared else k]
-            z = r2c(d(self._layout(c2r(x))))
+            with amp:
+                z = d(self._layout(c2r(x)))
+            z = r2c(z.float())
             x = data_consistency(z, aty, maps, mask, self.mu, self.cfg.cg_iters, x0=z)
         return x * rot

@@ -38,6 +38,7 @@ class UnrolledTrainConfig:
     ckpt_every: int = 200
     val_every: int = 200
     threads: Optional[int] = None
+    precision: str = "fp32"       # "bf16": the denoisers under bfloat16 autocast (training and validation)
 
 
 def _t(x):
@@ -102,12 +103,12 @@ def train_unrolled(cfg: UnrolledConfig, train, out_dir, tc: UnrolledTrainConfig,
             for g in opt.param_groups:
                 g["lr"] = tc.lr if tc.schedule == "constant" else cosine_lr(tc.lr, step, tc.steps, tc.decay_from)
             if tc.loss == "supervised":
-                out = net(k, maps, mask)
+                out = net(k, maps, mask, tc.precision)
                 loss = (out - img).abs().pow(2).mean()
             else:
                 keep = (torch.from_numpy(rng.uniform(size=mask.shape) > tc.holdout).float()) * mask
                 held = mask - keep
-                out = net(k * keep[:, None], maps, keep)
+                out = net(k * keep[:, None], maps, keep, tc.precision)
                 pred = sense_forward(out, maps, held)
                 loss = (pred - k * held[:, None]).abs().pow(2).sum() / held.sum().clamp_min(1) / k.shape[1]
             opt.zero_grad(set_to_none=True)
@@ -115,7 +116,7 @@ def train_unrolled(cfg: UnrolledConfig, train, out_dir, tc: UnrolledTrainConfig,
             opt.step()
             row = [step, f"{loss.item():.6g}", f"{net.mu.item():.4g}", ""]
             if val is not None and (step + 1) % tc.val_every == 0:
-                row[3] = f"{validate(net, val):.4f}"
+                row[3] = f"{validate(net, val, precision=tc.precision):.4f}"
             log_step(wr, log, row, step, tc.ckpt_every, save)
         step = max(start, tc.steps)
     finally:
@@ -125,12 +126,12 @@ def train_unrolled(cfg: UnrolledConfig, train, out_dir, tc: UnrolledTrainConfig,
 
 
 @torch.no_grad()
-def validate(net: UnrolledNet, data: Dict[str, np.ndarray], batch: int = 4) -> float:
+def validate(net: UnrolledNet, data: Dict[str, np.ndarray], batch: int = 4, precision: str = "fp32") -> float:
     """Mean NRMSE of the magnitude over the given (normalised) slices."""
     errs = []
     for i in range(0, len(data["imgs"]), batch):
         sl = slice(i, i + batch)
-        out = net(_t(data["ksp"][sl]), _t(data["maps"][sl]), _t(data["masks"][sl])).abs().numpy()
+        out = net(_t(data["ksp"][sl]), _t(data["maps"][sl]), _t(data["masks"][sl]), precision).abs().numpy()
         ref = np.abs(data["imgs"][sl])
         errs += [np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12) for o, r in zip(out, ref)]
     return float(np.mean(errs))
