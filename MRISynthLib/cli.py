@@ -297,7 +297,7 @@ def cmd_recon(a) -> int:
     t0 = time.time()
     img = reconstruct(k, mask=mask, maps=None if a.estimate_maps else maps, method=a.method, lamda=a.lamda,
                       iters=a.iters, model=a.model, device=a.device, progress=not a.quiet, beta=a.beta,
-                      flow_variant=a.flow_variant, progress_callback=a.progress_callback)
+                      flow_variant=a.flow_variant, progress_callback=a.progress_callback, precision=a.precision)
     geo = {}
     if "spacing" in attrs:
         geo = {"spacing": tuple(np.asarray(attrs["spacing"]).tolist()), "origin": tuple(np.asarray(attrs["origin"]).tolist()),
@@ -586,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flow-variant", choices=["l1+logprob", "l1", "logprob"],
                    help="flow: objective (default: the variant tuned as best for the model)")
     s.add_argument("--iters", type=int, help="iterations (default 30 CG-SENSE, 100 CS, flow: tuned for the model)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="unrolled: arithmetic of the denoisers (auto: bf16 on CPUs with AMX, where it is ~2x faster "
+                        "and within ~1e-3 of fp32; else fp32)")
     s.add_argument("--estimate-maps", action="store_true", help="estimate coil maps even if the file has them")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_recon)

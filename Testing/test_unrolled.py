@@ -104,6 +104,58 @@ def test_separate_weights_start_from_a_shared_network():
     assert all(torch.equal(again[k], v) for k, v in sep.state_dict().items())
 
 
+def test_added_unrolls_start_as_identities_after_the_trained_ones():
+    from MRISynthLib.models.unrolled import c2r, expand_state
+
+    torch.manual_seed(0)
+    img, maps, mask, y = _problem(n=24)
+    two = UnrolledNet(UnrolledConfig(unrolls=2, width=8, blocks=1, cg_iters=3, shared=False)).double()
+    three = UnrolledNet(UnrolledConfig(unrolls=3, width=8, blocks=1, cg_iters=3, shared=False)).double()
+    three.load_state_dict(expand_state(two.state_dict(), three.cfg))
+    x = c2r(img)
+    with torch.no_grad():
+        for u in range(2):                                     # the trained unrolls are kept
+            assert torch.equal(three.denoisers[u](x), two.denoisers[u](x))
+        assert torch.equal(three.denoisers[2](x), x)           # the added one is the identity
+        assert not torch.equal(three.denoisers[2].head(x), torch.zeros_like(three.denoisers[2].head(x)))
+        # so the grown network is the old one followed by one more data-consistency step:
+        # no farther from the data than the old one
+        res = lambda out: (sense.sense_forward(out, maps, mask) - y).norm()  # noqa: E731
+        assert res(three(y, maps, mask)) <= res(two(y, maps, mask)) * (1 + 1e-9)
+    # the added unroll trains: its final layer gets a gradient
+    loss = (three(y, maps, mask) - img).abs().pow(2).mean()
+    loss.backward()
+    assert three.denoisers[2].tail.weight.grad.abs().sum() > 0
+
+
+def test_bf16_denoisers_stay_close_to_fp32():
+    from MRISynthLib.device import native_bf16, resolve_precision
+    from MRISynthLib.tasks.recon import reconstruct
+
+    torch.manual_seed(0)
+    img, maps, mask, y = _problem(n=32)
+    net = UnrolledNet(UnrolledConfig(unrolls=2, width=16, blocks=2, cg_iters=4))
+    y32, maps32, mask32 = y.to(torch.complex64), maps.to(torch.complex64), mask.float()
+    with torch.no_grad():
+        full = net(y32, maps32, mask32)
+        half = net(y32, maps32, mask32, "bf16")
+    assert not torch.equal(full, half)                        # the denoisers did run in bf16
+    assert ((half - full).norm() / full.norm()).item() < 2e-2
+    with pytest.raises(ValueError, match="precision"):
+        net(y32, maps32, mask32, "fp16")
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("half", "cpu")
+    # the task function passes the choice on
+    k = y32[0].numpy()
+    a = reconstruct(k, mask=mask32.numpy(), maps=maps32[0].numpy(), method="unrolled", model=net, precision="fp32")
+    b = reconstruct(k, mask=mask32.numpy(), maps=maps32[0].numpy(), method="unrolled", model=net, precision="bf16")
+    assert not np.array_equal(a, b) and np.linalg.norm(a - b) < 2e-2 * np.linalg.norm(a)
+    with pytest.raises(ValueError, match="precision"):
+        reconstruct(k, mask=mask32.numpy(), maps=maps32[0].numpy(), method="unrolled", model=net, precision="x")
+
+
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     img, maps, mask, y = _problem(b=4, n=32)

@@ -7,6 +7,7 @@
     python scripts/bench_recon.py --accel 8          # classical methods only at R = 8
     python scripts/bench_recon.py --sigpy-cs ...     # also time sigpy's L1WaveletRecon (same lambda, iterations)
     python scripts/bench_recon.py --tune-cs ...      # CS lambda chosen on the validation slices first
+    python scripts/bench_recon.py --precision fp32 ...   # networks in fp32 (default auto: bf16 on CPUs with AMX)
 
 Test slices: SIAT 160-199 (never trained on), simulated with the training settings
 (8 coils, SNR 40, the given mask and acceleration, resize --scale), a different mask per
@@ -68,11 +69,15 @@ def main():
     ap.add_argument("--tune-cs", action="store_true",
                     help="choose the CS lambda and the CG-SENSE weight on the validation slices (overrides --cs-lamda)")
     ap.add_argument("--cs-iters", type=int, default=100)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="arithmetic of the networks' denoisers (auto: bf16 on CPUs with AMX, else fp32)")
     ap.add_argument("--figure", default=None)
     ap.add_argument("--sigpy-cs", action="store_true",
                     help="also time sigpy's L1WaveletRecon on the same problems (an independent CS implementation)")
     a = ap.parse_args()
     torch.set_num_threads(2)
+    from MRISynthLib.device import resolve_precision
+    precision = resolve_precision(a.precision, "cpu")
     mc = MulticoilConfig(mask_kind=a.mask, accel=a.accel, scale=a.scale, seed=12345)
     test_idx = siat_split(mc)[2][:a.n]
     d = normalise(simulate_multicoil(load_siat(test_idx), mc))
@@ -103,7 +108,7 @@ def main():
         def run(i, net=net):
             with torch.no_grad():
                 t = lambda k: torch.from_numpy(np.ascontiguousarray(d[k][i:i + 1]))  # noqa: E731
-                return net(t("ksp"), t("maps"), t("masks"))[0].numpy()
+                return net(t("ksp"), t("maps"), t("masks"), precision)[0].numpy()
         methods[f"unrolled {st['config']['denoiser']} (step {st['step']})"] = run
     from MRISynthLib.tasks.recon import load_unrolled
     for mid in a.model:
@@ -112,10 +117,10 @@ def main():
         def run(i, net=net):
             with torch.no_grad():
                 t = lambda k: torch.from_numpy(np.ascontiguousarray(d[k][i:i + 1]))  # noqa: E731
-                return net(t("ksp"), t("maps"), t("masks"))[0].numpy()
+                return net(t("ksp"), t("maps"), t("masks"), precision)[0].numpy()
         methods[mid] = run
     print(f"{len(test_idx)} held-out SIAT slices, {a.mask} R={a.accel:g}, {d['imgs'].shape[-2:]} pixels, 8 coils, "
-          f"SNR 40\n")
+          f"SNR 40; networks in {precision}\n")
     print(f"{'method':34s} {'PSNR dB':>14s} {'SSIM':>13s} {'NRMSE (body)':>16s} {'s/slice':>8s}")
     # slice by slice, every method in turn: a change in the machine's load during the run
     # then slows all methods alike instead of the ones that happen to run at that time
@@ -149,7 +154,7 @@ def main():
         from MRISynthLib import catalog
         cards = catalog.load_catalog()
         for mid in a.model:
-            cards[mid].metrics = {**results[mid], "test_set": f"SIAT slices {test_idx[0]}-{test_idx[-1]}, {a.mask} "
+            cards[mid].metrics = {**results[mid], "precision": precision, "test_set": f"SIAT slices {test_idx[0]}-{test_idx[-1]}, {a.mask} "
                                   f"R={a.accel:g}, scale {a.scale:g}", "cs": cs, "zero_filled": results["zero-filled"]}
         catalog.save_catalog(cards)
         print("catalog updated")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..device import resolve_precision
 from ..physics.masks import make_mask
 from ..physics.phantoms import noise_sigma
 from ..physics.sense import birdcage_maps, sense_forward
@@ -176,13 +177,16 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
                 method: str = "cs", lamda: Optional[float] = None, iters: Optional[int] = None,
                 model=None, device=None, progress: bool = False, cancel: Optional[Callable[[], bool]] = None,
                 progress_callback: Optional[Callable[[float], None]] = None, beta: Optional[float] = None,
-                flow_variant: Optional[str] = None, batch: int = 8) -> np.ndarray:
+                flow_variant: Optional[str] = None, batch: int = 8, precision: str = "auto") -> np.ndarray:
     """Reconstruct k-space [slices, coils, kx, ky] (or [coils, kx, ky]) -> complex (slices, x, y).
 
     ``flow``: ``lamda``/``beta``/``iters``/``flow_variant`` override the model's tuned
-    settings; ``batch`` slices are solved together."""
+    settings; ``batch`` slices are solved together. ``unrolled``: ``precision`` of the
+    denoisers, "auto" (bf16 on CPUs with AMX, else fp32), "fp32" or "bf16"."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     k = np.asarray(kspace)
     if k.ndim == 3:
         k = k[None]
@@ -219,6 +223,7 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
         net = model if isinstance(model, UnrolledNet) else load_unrolled(model, device, acceleration(mask),
                                                                           mask_family(mask))[0]
         dev = next(net.parameters()).device
+        precision = resolve_precision(precision, dev)
     scale = np.percentile(np.abs(C.zero_filled(k[s // 2], None, mask)), 99) or 1.0
     for i in tqdm(range(s), desc=method, unit="slice", disable=not progress):
         if cancel is not None and cancel():
@@ -234,7 +239,8 @@ def reconstruct(kspace: np.ndarray, mask: Optional[np.ndarray] = None, maps: Opt
                 sc = float(np.percentile(zf, 99)) or 1.0
                 t = lambda a: torch.from_numpy(np.ascontiguousarray(a)[None]).to(dev)  # noqa: E731
                 with torch.inference_mode():
-                    y = net(t((ki / sc).astype(np.complex64)), t(sm.astype(np.complex64)), t(mi.astype(np.float32)))
+                    y = net(t((ki / sc).astype(np.complex64)), t(sm.astype(np.complex64)), t(mi.astype(np.float32)),
+                            precision)
                 out[i] = y[0].cpu().numpy() * sc
             elif method == "cg-sense":
                 out[i] = C.cg_sense(ki, sm, mi, lamda=default_lamda(method, mi) if lamda is None else lamda,
