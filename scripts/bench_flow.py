@@ -57,23 +57,23 @@ def cs(d, lamda, iters=100):
 def tune(flow, val, iters, lr):
     ref = np.abs(val["imgs"])
     best = {}
-    grid = {lam: mean_psnr(cs(val, lam), ref) for lam in (1e-3, 2e-3, 5e-3)}
+    grid = {lam: mean_psnr(cs(val, lam), ref) for lam in (2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3)}
     best["cs_lamda"] = max(grid, key=grid.get)
     print("CS lambda:", {k: round(v, 2) for k, v in grid.items()})
     base = FlowSolverConfig(iters=iters, lr=lr)
     grid = {lam: mean_psnr(run_flow(flow, val, "l1", FlowSolverConfig(**{**base.to_dict(), "lamda": lam})), ref)
-            for lam in (3e-4, 1e-3, 3e-3, 1e-2)}
+            for lam in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
     print("L1-only lambda:", {k: round(v, 2) for k, v in grid.items()})
     best["lamda"] = max(grid, key=grid.get)
     val_psnr = {"l1": grid[best["lamda"]]}
     grid = {b: mean_psnr(run_flow(flow, val, "logprob", FlowSolverConfig(**{**base.to_dict(), "beta": b})), ref)
-            for b in (3e-4, 1e-3, 3e-3)}
+            for b in (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)}
     print("log-prob-only beta:", {k: round(v, 2) for k, v in grid.items()})
     best["beta_logprob"] = max(grid, key=grid.get)
     val_psnr["logprob"] = grid[best["beta_logprob"]]
     grid = {b: mean_psnr(run_flow(flow, val, "l1+logprob", FlowSolverConfig(**{**base.to_dict(), "lamda": best["lamda"],
                                                                              "beta": b})), ref)
-            for b in (3e-4, 1e-3, 3e-3)}
+            for b in (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)}
     print(f"L1 + log-prob beta (lambda {best['lamda']:g}):", {k: round(v, 2) for k, v in grid.items()})
     best["beta"] = max(grid, key=grid.get)
     val_psnr["l1+logprob"] = grid[best["beta"]]
