@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iters", type=int, help="iterations (default 30 CG-SENSE, 100 CS, flow: tuned for the model)")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="unrolled: arithmetic of the denoisers (auto: bf16 on CPUs with AMX, where it is ~2x faster "
-                        "and within ~1e-3 of fp32; else fp32)")
+                        "with the benchmark's PSNR within 0.01 dB of fp32; else fp32)")
     s.add_argument("--estimate-maps", action="store_true", help="estimate coil maps even if the file has them")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_recon)

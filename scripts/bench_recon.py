@@ -154,7 +154,8 @@ def main():
         from MRISynthLib import catalog
         cards = catalog.load_catalog()
         for mid in a.model:
-            cards[mid].metrics = {**results[mid], "precision": precision, "test_set": f"SIAT slices {test_idx[0]}-{test_idx[-1]}, {a.mask} "
+            cards[mid].metrics = {**results[mid], "precision": precision,
+                                  "test_set": f"SIAT slices {test_idx[0]}-{test_idx[-1]}, {a.mask} "
                                   f"R={a.accel:g}, scale {a.scale:g}", "cs": cs, "zero_filled": results["zero-filled"]}
         catalog.save_catalog(cards)
         print("catalog updated")
