@@ -57,7 +57,7 @@ def cs(d, lamda, iters=100):
 def tune(flow, val, iters, lr):
     ref = np.abs(val["imgs"])
     best = {}
-    grid = {lam: mean_psnr(cs(val, lam), ref) for lam in (2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3)}
+    grid = {lam: mean_psnr(cs(val, lam), ref) for lam in (1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3)}
     best["cs_lamda"] = max(grid, key=grid.get)
     print("CS lambda:", {k: round(v, 2) for k, v in grid.items()})
     base = FlowSolverConfig(iters=iters, lr=lr)
