@@ -54,6 +54,9 @@ def cs(d, lamda, iters=100):
                      for i in range(len(d["ksp"]))])
 
 
+BETAS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)   # the log-prob weights tried, alone and with L1
+
+
 def tune(flow, val, iters, lr):
     ref = np.abs(val["imgs"])
     best = {}
@@ -67,13 +70,13 @@ def tune(flow, val, iters, lr):
     best["lamda"] = max(grid, key=grid.get)
     val_psnr = {"l1": grid[best["lamda"]]}
     grid = {b: mean_psnr(run_flow(flow, val, "logprob", FlowSolverConfig(**{**base.to_dict(), "beta": b})), ref)
-            for b in (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)}
+            for b in BETAS}
     print("log-prob-only beta:", {k: round(v, 2) for k, v in grid.items()})
     best["beta_logprob"] = max(grid, key=grid.get)
     val_psnr["logprob"] = grid[best["beta_logprob"]]
     grid = {b: mean_psnr(run_flow(flow, val, "l1+logprob", FlowSolverConfig(**{**base.to_dict(), "lamda": best["lamda"],
                                                                              "beta": b})), ref)
-            for b in (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)}
+            for b in BETAS}
     print(f"L1 + log-prob beta (lambda {best['lamda']:g}):", {k: round(v, 2) for k, v in grid.items()})
     best["beta"] = max(grid, key=grid.get)
     val_psnr["l1+logprob"] = grid[best["beta"]]
