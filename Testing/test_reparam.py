@@ -90,6 +90,42 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
         torch.testing.assert_close(cont.paramnet.state_dict()[k], v)
 
 
+def test_bf16_training_runs_the_convolutions_in_bf16_and_lowers_the_loss(tmp_path):
+    from test_simulate_cli import toy_phantom
+
+    from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset
+    from MRISynthLib.training import reparam as tr
+
+    p = make_paper_dataset(tmp_path / "d.h5", ProtocolConfig(n_pairs=12, n_slices=6, size=64, seed=1),
+                           progress=False, phantom=toy_phantom())
+    data = tr.PaperData(p)
+    cfg = ReparamConfig("d2p", widths="tiny")
+    ae = ReparamModel(cfg).autoencoder.state_dict()
+    with pytest.raises(ValueError, match="precision"):
+        tr.train_paramnet(cfg, data, ae, tmp_path / "bad", tr.TrainConfig(steps=1, precision="fp16"),
+                          progress=False)
+    dtypes = set()
+    real_init = tr.ReparamModel.__init__
+
+    def init_with_hook(self, *args, **kwargs):  # record the Param-Net's convolution output dtypes
+        real_init(self, *args, **kwargs)
+        for mod in self.paramnet.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                mod.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tr.ReparamModel, "__init__", init_with_hook)
+        model = tr.train_paramnet(cfg, data, ae, tmp_path / "run",
+                                  tr.TrainConfig(steps=40, batch=4, lr=2e-3, low_res_fraction=0, precision="bf16"),
+                                  progress=False)
+    assert dtypes == {torch.bfloat16}
+    assert all(v.dtype == torch.float32 for v in model.paramnet.state_dict().values() if v.is_floating_point())
+    losses = np.array([float(r.split(",")[1]) for r in
+                       (tmp_path / "run/paramnet_d2p_loss.csv").read_text().splitlines()])
+    assert np.isfinite(losses).all() and losses[-10:].mean() < 0.5 * losses[:5].mean()
+
+
 def test_random_affine_warps_input_and_target_alike():
     from MRISynthLib.training.reparam import random_affine
 

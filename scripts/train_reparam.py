@@ -57,6 +57,8 @@ def main():
                     help="start from the shipped models instead of from scratch")
     ap.add_argument("--affine", action="store_true",
                     help="random rotation/scale/shift of the training pairs (same warp for input and target)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="bf16: Param-Net trained under bfloat16 autocast (about 2x faster on CPUs with AMX)")
     ap.add_argument("--ship", action="store_true", help="export weights + catalog entries into the package")
     a = ap.parse_args()
 
@@ -99,7 +101,7 @@ def main():
         model = train_paramnet(cfg, data, ae_state, out, TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
                                                                      seed=a.seed, threads=a.threads,
                                                                      low_res_fraction=a.low_res_fraction,
-                                                                     affine=a.affine),
+                                                                     affine=a.affine, precision=a.precision),
                                paramnet_init=init)
         print(f"{mode}: trained {a.steps} steps in {time.time() - t1:.0f} s")
         if a.ship:
@@ -120,6 +122,7 @@ def main():
                           "augmentation": "left-right flips" + (", random rotation (+/-10 deg), scaling "
                                                                   "(0.9-1.1) and shift (+/-5 %)" if a.affine else ""),
                           "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu",
+                          **({"precision": "bf16 autocast (weights fp32)"} if a.precision == "bf16" else {}),
                           **({"continued_from": origin} if origin else {})})
             print(f"shipped {card.weights} sha256={card.sha256}")
 
