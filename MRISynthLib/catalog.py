@@ -131,6 +131,31 @@ def load_network(card: ModelCard, build, device=None):
     return _NETWORKS[key]
 
 
+def _drop_nested_history(training: dict) -> dict:
+    """``training`` without the ``history`` entries of its ``continued_from`` levels that
+    its own ``history`` already holds (a continued run's card otherwise repeats them at
+    every level); entries found only in a nested level stay there."""
+    top = training.get("history", {})
+
+    def strip(origin):
+        if not isinstance(origin, dict) or not isinstance(origin.get("training"), dict):
+            return origin
+        t = dict(origin["training"])
+        if "history" in t:
+            rest = {k: v for k, v in t["history"].items() if top.get(k) != v}
+            if rest:
+                t["history"] = rest
+            else:
+                del t["history"]
+        if "continued_from" in t:
+            t["continued_from"] = strip(t["continued_from"])
+        return {**origin, "training": t}
+
+    if "continued_from" not in training:
+        return training
+    return {**training, "continued_from": strip(training["continued_from"])}
+
+
 def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = True,
          models_dir: Optional[Path] = None, **fields) -> ModelCard:
     """Write the weights beside the catalog and add (or replace) the model's card.
@@ -139,7 +164,8 @@ def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = 
     catalog are kept unless given. Replacing weights keeps the card's provenance: the
     earlier ``training["history"]`` is carried over and the replaced weights' SHA256,
     steps and metrics are added to it (keyed by their step count), so an export never
-    loses what the previous model measured. ``models_dir`` (default: the shipped models
+    loses what the previous model measured; the ``continued_from`` levels do not repeat
+    history entries that the card's own history holds. ``models_dir`` (default: the shipped models
     folder) holds the weights and ``catalog.json``.
     """
     models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
@@ -157,6 +183,7 @@ def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = 
             history.setdefault(key, {"sha256": old.sha256, "metrics": old.metrics})
         if history:
             training["history"] = history
+    training = _drop_nested_history(training)
     cards[model_id] = ModelCard(id=model_id, version=fields.pop("version", "1.0"), task=task,
                                 architecture=architecture, weights=fname, sha256=sha, training=training,
                                 **{**keep, **fields})

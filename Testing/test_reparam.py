@@ -191,6 +191,17 @@ def test_shipping_new_weights_keeps_the_previous_model_in_the_history(tmp_path):
     assert catalog.load_catalog(tmp_path / "catalog.json")["m"] == c2
     c3 = catalog.ship("m", "reparam", {"w": 1}, lin.state_dict(), models_dir=tmp_path)   # same weights
     assert c3.training == c2.training                  # nothing added, training carried over
+    # a continued run names its origin (with that card's training); the origin's history,
+    # already in the new card's own history, is not repeated inside continued_from
+    with torch.no_grad():
+        lin.weight += 1.0
+    origin = {"id": "m", "sha256": c3.sha256, "training": {**c3.training, "history": {
+        **c3.training["history"], "10": {"psnr_mean": 5.0}}}}
+    c4 = catalog.ship("m", "reparam", {"w": 1}, lin.state_dict(), models_dir=tmp_path,
+                      training={"steps": 300, "continued_from": origin})
+    assert set(c4.training["history"]) == {"50", "100", "200"}
+    assert c4.training["continued_from"]["training"]["history"] == {"10": {"psnr_mean": 5.0}}
+    assert c4.training["continued_from"]["training"]["steps"] == 200
 
 
 def test_reparameterize_keeps_geometry_and_input(tiny_p2p):
