@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--affine", action="store_true",
                     help="random rotation/scale/shift of the training pairs (same warp for input and target)")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                    help="bf16: Param-Net trained under bfloat16 autocast (about 2x faster on CPUs with AMX)")
+                    help="bf16: Param-Net trained under bfloat16 autocast (faster on CPUs with AMX)")
     ap.add_argument("--ship", action="store_true", help="export weights + catalog entries into the package")
     a = ap.parse_args()
 
