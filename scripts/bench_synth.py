@@ -72,10 +72,11 @@ def generalisation(ph, zs, table, te, tr, size=256):
     return np.stack(preds), np.stack(gts)
 
 
-def diagnosis(d, ests, bb, ss, gts, bw):
+def diagnosis(d, ests, bb, ss, gts, fracs):
     """Which part of the default-input estimate limits it: the same renders with the true
     per-compartment T1/T2/T2* (network fractions and PD), and with the simulator's true
-    compartment densities (fractions x PD; the network's relaxation times)."""
+    compartment densities (fractions x PD; the network's relaxation times). ``fracs``: the
+    true fractions (labels, H, W) of each test slice, keyed like ``ests``."""
     lut = get_table("mrilab").lookup()
     K = len(next(iter(ests.values())).t1)
     present = lut["pd"][1:K + 1] > 0
@@ -84,8 +85,7 @@ def diagnosis(d, ests, bb, ss, gts, bw):
     for s, e in ests.items():
         with_rel[s] = replace(e, **{f: np.where(present, true_rel[k], getattr(e, f)).astype(np.float32)
                                     for f, k in (("t1", "t1"), ("t2", "t2"), ("t2s", "t2star"))})
-        f = slice_fractions(bw, [int(d.slice_z[s])], 256)[0]
-        dens = (f[1:K + 1] * lut["pd"][1:K + 1, None, None]).astype(np.float32)[:, None]
+        dens = (fracs[s][1:K + 1] * lut["pd"][1:K + 1, None, None]).astype(np.float32)[:, None]
         with_frac[s] = MapEstimate(dens, np.ones(1, np.float32), e.t1, e.t2, e.t2s, is_2d=True)
     out = {}
     for name, es in (("true compartment T1/T2/T2*", with_rel), ("true compartment densities", with_frac)):
@@ -170,14 +170,14 @@ def main():
         gen[label] = r = stats(p_, g_)
         print(f"  {label:70s} {r['psnr_mean']:6.2f} +/- {r['psnr_std']:5.2f} dB, MAE {r['mae_mean']:.2f}")
 
+    # the BrainWeb test slices' true fractions (the data file's held-out slices)
+    frac = slice_fractions(bw, d.slice_z[S], 256)
     print("\nDiagnosis, default input on the test set, with one part of the estimate replaced by the truth:")
-    diag = diagnosis(d, ests, bb, ss, gts, bw)
+    diag = diagnosis(d, ests, bb, ss, gts, dict(zip(S, frac)))
     for label, r in diag.items():
         print(f"  {label:70s} {r['psnr_mean']:6.2f} +/- {r['psnr_std']:5.2f} dB, MAE {r['mae_mean']:.2f}")
 
     # map accuracy on the BrainWeb test slices (MRiLab table, default input)
-    zs = held_out_z(bw)
-    frac = slice_fractions(bw, zs, 256)
     lut = get_table("mrilab").lookup(frac.shape[1])
     errs = {t: {k: [] for k in ("pd", "t1", "t2")} for t in ("grey matter", "white matter", "CSF")}
     for f in frac:

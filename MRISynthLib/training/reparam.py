@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .common import cosine_lr, resume, save_ckpt, start_run
+from ..device import resolve_precision
 from ..models.paramnet import ReparamConfig, ReparamModel, encode_params, xavier_init
 
 
@@ -122,7 +123,7 @@ class TrainConfig:
     ckpt_every: int = 200
     threads: Optional[int] = None
     affine: bool = False         # random rotation/scale/shift of Param-Net's training pairs
-    precision: str = "fp32"      # "bf16": Param-Net's forward pass under bfloat16 autocast (faster on AMX CPUs)
+    precision: str = "fp32"      # "bf16" ("auto": bf16 on AMX CPUs): Param-Net under bfloat16 autocast
 
 
 def _lr_at(step, total, base):
@@ -209,8 +210,7 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
                    progress: bool = True, paramnet_init: Optional[dict] = None) -> ReparamModel:
     """Phase 2. ``paramnet_init``: Param-Net weights to start from (continuing a trained
     model) instead of Xavier initialisation; a checkpoint in ``out_dir`` takes precedence."""
-    if tc.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {tc.precision!r}")
+    bf16 = resolve_precision(tc.precision, "cpu") == "bf16"   # validates; training runs on the CPU
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     model = ReparamModel(cfg)
     model.autoencoder.load_state_dict(autoencoder_state)
@@ -242,7 +242,7 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
             if tc.affine:
                 x, y = random_affine(x, y, rng)
             # bf16: convolutions in bfloat16, weights, optimiser state and the loss in fp32
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x, p)
             loss = F.mse_loss(out.float(), y)
             opt.zero_grad(set_to_none=True)
