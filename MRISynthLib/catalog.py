@@ -163,9 +163,10 @@ def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = 
     ``fields`` are further :class:`ModelCard` fields; metrics and timing already in the
     catalog are kept unless given. Replacing weights keeps the card's provenance: the
     earlier ``training["history"]`` is carried over and the replaced weights' SHA256,
-    steps and metrics are added to it (keyed by their step count), so an export never
-    loses what the previous model measured; the ``continued_from`` levels do not repeat
-    history entries that the card's own history holds. ``models_dir`` (default: the shipped models
+    steps and metrics are added to it (keyed by their step count; "200#2", "200#3" when an
+    earlier stage of the same length holds the key), so an export never loses what the
+    previous model measured; the ``continued_from`` levels do not repeat history entries
+    that the card's own history holds. ``models_dir`` (default: the shipped models
     folder) holds the weights and ``catalog.json``.
     """
     models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
@@ -180,6 +181,9 @@ def ship(model_id: str, task: str, architecture: dict, state_dict, fp16: bool = 
         history = {**old.training.get("history", {}), **training.get("history", {})}
         if old.sha256 != sha and old.metrics:
             key = str(old.training.get("steps", "previous"))
+            if key in history and history[key].get("sha256") != old.sha256:
+                # an earlier stage of the same length holds the key: number this one
+                key = next(f"{key}#{n}" for n in range(2, len(history) + 3) if f"{key}#{n}" not in history)
             history.setdefault(key, {"sha256": old.sha256, "metrics": old.metrics})
         if history:
             training["history"] = history

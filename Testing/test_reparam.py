@@ -204,6 +204,21 @@ def test_shipping_new_weights_keeps_the_previous_model_in_the_history(tmp_path):
     assert c4.training["continued_from"]["training"]["steps"] == 200
 
 
+def test_shipping_keeps_two_replaced_stages_of_the_same_length(tmp_path):
+    import torch
+
+    lin = torch.nn.Linear(2, 1)
+    shas = []
+    for i in range(3):                                   # three stages of 200 steps each
+        with torch.no_grad():
+            lin.weight += 1.0
+        shas.append(catalog.ship("m", "reparam", {"w": 1}, lin.state_dict(), models_dir=tmp_path,
+                                 training={"steps": 200}, metrics={"psnr_mean": 20.0 + i}).sha256)
+    hist = catalog.load_catalog(tmp_path / "catalog.json")["m"].training["history"]
+    assert hist == {"200": {"sha256": shas[0], "metrics": {"psnr_mean": 20.0}},
+                    "200#2": {"sha256": shas[1], "metrics": {"psnr_mean": 21.0}}}
+
+
 def test_reparameterize_keeps_geometry_and_input(tiny_p2p):
     rng = np.random.default_rng(0)
     arr = rng.uniform(0, 500, (3, 40, 56)).astype(np.float32)
