@@ -108,6 +108,24 @@ def test_solver_lowers_its_objective(variant):
     assert all(p.requires_grad for p in f.parameters())  # the flow is left trainable
 
 
+def test_solver_log_prob_is_the_flows_density_of_the_image():
+    """The penalty's log p(G(z)) is the change of variables the other way round: it must
+    equal the flow's own log density of the image G(z) (not log p(z) + log|det dG/dz|)."""
+    from MRISynthLib.recon.flow import objective_terms
+
+    f = tiny_flow(levels=2, dtype=torch.float64)
+    imgs, maps, mask, k = _problem(n=2)
+    z = 0.7 * torch.randn(2, 16 * 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    with torch.no_grad():
+        _, _, logp, _ = objective_terms(f, z, torch.ones(2, dtype=torch.float64), t(k.astype(np.complex128)),
+                                        t(maps.astype(np.complex128)), t(np.broadcast_to(mask, (2, 16, 16))),
+                                        None, (16, 16))
+        x = f.inverse(z, (16, 16))[0]
+        assert torch.allclose(logp, f.log_prob(x), rtol=1e-8, atol=1e-6)
+        assert (f.inverse(z, (16, 16))[1].abs() > 1).all()  # the log-det matters here
+
+
 def test_solver_cancel_and_variant_check():
     from MRISynthLib.tasks import Cancelled
 

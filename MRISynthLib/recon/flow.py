@@ -76,9 +76,9 @@ def prepare(kspace: np.ndarray, maps: np.ndarray, mask: np.ndarray, phase: str =
 
 def objective_terms(flow, z, c, y, maps, mask, phase, size):
     """(data ||A x - y||^2, ||G(z)||_1, log p(G(z))) per image, and the image x."""
-    g, ld = flow.inverse(z, size)
+    g, ld = flow.inverse(z, size)   # ld = log|det dG/dz|
     g = g[:, 0]
-    logp = flow.base_log_prob(z) + ld
+    logp = flow.base_log_prob(z) - ld  # change of variables: log p(x) = log p(z) - log|det dG/dz|
     x = c[:, None, None] * torch.polar(g, phase) if phase is not None else c[:, None, None] * g.to(y.dtype)
     r = sense_forward(x, maps, mask) - y
     data = (r.abs() ** 2).flatten(1).sum(1)
