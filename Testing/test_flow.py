@@ -184,9 +184,11 @@ def test_cli_recon_flow_with_the_shipped_prior(tmp_path):
 def test_solver_settings_come_from_the_card_then_the_arguments():
     from MRISynthLib.tasks.recon import flow_solver_config
 
-    tuned = {"lamda": 0.002, "beta": 0.003, "iters": 150, "beta_logprob": 0.0007, "cs_lamda": 0.001}
+    tuned = {"lamda": 0.002, "beta": 0.003, "iters": 150, "beta_logprob": 0.0007, "lamda_l1": 0.004,
+             "cs_lamda": 0.001}
     c = flow_solver_config(tuned)
     assert (c.lamda, c.beta, c.iters) == (0.002, 0.003, 150)
     assert flow_solver_config(tuned, variant="logprob").beta == 0.0007
+    assert flow_solver_config(tuned, variant="l1").lamda == 0.004
     c = flow_solver_config(tuned, lamda=0.1, beta=0.2, iters=5, variant="logprob")
     assert (c.lamda, c.beta, c.iters) == (0.1, 0.2, 5)

@@ -9,8 +9,9 @@ Data (seed 004's regime): SIAT magnitudes area-resized to 80 x 64, scaled to max
 quantised to --bits bits (real objects), 8 birdcage coils, SNR 40, 1D variable-density
 masks at --accel with 6 centre lines, one mask per slice. Tuning (--tune) uses validation
 slices 150-159 (never the test slices): CS lambda, then lambda for the L1-only variant,
-beta for the log-prob-only variant and beta for the combined variant at the tuned lambda,
-each by PSNR; the tuned values are stored with the model (--update-catalog). Test: the
+beta for the log-prob-only variant and (lambda, beta) for the combined variant on a 3 x 3
+grid around those two, each by PSNR at the same iteration count; the tuned values are
+stored with the model (--update-catalog). Test: the
 first --n of SIAT 160-199.
 
 Metrics on the magnitude: PSNR over the image (data range 1 = the reference's maximum),
@@ -54,32 +55,38 @@ def cs(d, lamda, iters=100):
                      for i in range(len(d["ksp"]))])
 
 
-BETAS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)   # the log-prob weights tried, alone and with L1
+LAMDAS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)   # the L1 weights tried for the L1-only variant
+BETAS = (3e-5, 1e-4, 3e-4, 1e-3)          # the log-prob weights tried for the log-prob-only variant
 
 
 def tune(flow, val, iters, lr):
+    """Each variant tuned by validation PSNR at the same iteration count: CS lambda; lambda
+    of L1 only; beta of log-prob only; and the combined variant over the 3 x 3 grid around
+    those two optima (lambda / 10, / 3, x 1; beta / 3, x 1, x 3), since the two penalties
+    share the work."""
     ref = np.abs(val["imgs"])
     best = {}
     grid = {lam: mean_psnr(cs(val, lam), ref) for lam in (1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3)}
     best["cs_lamda"] = max(grid, key=grid.get)
     print("CS lambda:", {k: round(v, 2) for k, v in grid.items()})
     base = FlowSolverConfig(iters=iters, lr=lr)
-    grid = {lam: mean_psnr(run_flow(flow, val, "l1", FlowSolverConfig(**{**base.to_dict(), "lamda": lam})), ref)
-            for lam in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
-    print("L1-only lambda:", {k: round(v, 2) for k, v in grid.items()})
-    best["lamda"] = max(grid, key=grid.get)
-    val_psnr = {"l1": grid[best["lamda"]]}
-    grid = {b: mean_psnr(run_flow(flow, val, "logprob", FlowSolverConfig(**{**base.to_dict(), "beta": b})), ref)
-            for b in BETAS}
-    print("log-prob-only beta:", {k: round(v, 2) for k, v in grid.items()})
+
+    def flow_psnr(variant, lamda=0.0, beta=0.0):
+        return mean_psnr(run_flow(flow, val, variant, FlowSolverConfig(**{**base.to_dict(), "lamda": lamda,
+                                                                          "beta": beta})), ref)
+    grid = {lam: flow_psnr("l1", lamda=lam) for lam in LAMDAS}
+    print("L1-only lambda:", {k: round(v, 2) for k, v in grid.items()}, flush=True)
+    best["lamda_l1"] = max(grid, key=grid.get)
+    val_psnr = {"l1": grid[best["lamda_l1"]]}
+    grid = {b: flow_psnr("logprob", beta=b) for b in BETAS}
+    print("log-prob-only beta:", {k: round(v, 2) for k, v in grid.items()}, flush=True)
     best["beta_logprob"] = max(grid, key=grid.get)
     val_psnr["logprob"] = grid[best["beta_logprob"]]
-    grid = {b: mean_psnr(run_flow(flow, val, "l1+logprob", FlowSolverConfig(**{**base.to_dict(), "lamda": best["lamda"],
-                                                                             "beta": b})), ref)
-            for b in BETAS}
-    print(f"L1 + log-prob beta (lambda {best['lamda']:g}):", {k: round(v, 2) for k, v in grid.items()})
-    best["beta"] = max(grid, key=grid.get)
-    val_psnr["l1+logprob"] = grid[best["beta"]]
+    pairs = [(best["lamda_l1"] * f, best["beta_logprob"] * g) for f in (0.1, 1 / 3, 1.0) for g in (1 / 3, 1.0, 3.0)]
+    grid = {(float(f"{lam:.3g}"), float(f"{b:.3g}")): flow_psnr("l1+logprob", lam, b) for lam, b in pairs}
+    print("L1 + log-prob (lambda, beta):", {k: round(v, 2) for k, v in grid.items()}, flush=True)
+    best["lamda"], best["beta"] = max(grid, key=grid.get)
+    val_psnr["l1+logprob"] = grid[(best["lamda"], best["beta"])]
     best["variant"] = max(val_psnr, key=val_psnr.get)  # the default variant: best on validation
     return best
 
@@ -121,13 +128,15 @@ def main():
     print(f"flow prior: validation NLL {bpd:.3f} bits/dim ({bits}-bit SIAT 150-159)")
     cs_lamda = stored.get("cs_lamda", 2e-3)
     beta_lp = stored.get("beta_logprob", solver.beta)
+    lamda_l1 = stored.get("lamda_l1", solver.lamda)
     default_variant = card.training.get("solver_variant", "l1+logprob") if card else "l1+logprob"
     if a.tune:
         t0 = time.perf_counter()
         val = flow_multicoil(np.arange(150, 150 + a.n_val), bits, accel=a.accel, seed=777)
         best = tune(flow, val, solver.iters, solver.lr)
         solver.lamda, solver.beta = best["lamda"], best["beta"]
-        cs_lamda, beta_lp, default_variant = best["cs_lamda"], best["beta_logprob"], best["variant"]
+        cs_lamda, beta_lp, lamda_l1 = best["cs_lamda"], best["beta_logprob"], best["lamda_l1"]
+        default_variant = best["variant"]
         print(f"tuned in {time.perf_counter() - t0:.0f} s: {best}")
     test_idx = np.arange(160, 160 + a.n)
     d = flow_multicoil(test_idx, bits, accel=a.accel, seed=12345)
@@ -147,13 +156,14 @@ def main():
                 t = lambda k: torch.from_numpy(np.ascontiguousarray(dn[k]))  # noqa: E731
                 return net(t("ksp"), t("maps"), t("masks")).numpy() * dn["scale"]
         methods[f"unrolled ({mid})"] = run
-    for variant, lam, beta in (("l1", solver.lamda, 0.0), ("logprob", 0.0, beta_lp),
+    for variant, lam, beta in (("l1", lamda_l1, 0.0), ("logprob", 0.0, beta_lp),
                                ("l1+logprob", solver.lamda, solver.beta)):
         cfg = FlowSolverConfig(**{**solver.to_dict(), "lamda": lam, "beta": beta})
         methods[f"flow {variant}"] = lambda v=variant, c=cfg: run_flow(flow, d, v, c)
     print(f"\n{a.n} held-out SIAT slices (160-{159 + a.n}), 80x64 {bits}-bit magnitudes, 8 coils, SNR 40, "
-          f"vd1d R={a.accel:g}; flow: {solver.iters} Adam iterations, lr {solver.lr:g}, lambda {solver.lamda:g}, "
-          f"beta {solver.beta:g} (log-prob only: {beta_lp:g}); CS lambda {cs_lamda:g}\n")
+          f"vd1d R={a.accel:g}; flow: {solver.iters} Adam iterations, lr {solver.lr:g}; L1 only: lambda {lamda_l1:g}; "
+          f"log-prob only: beta {beta_lp:g}; L1 + log-prob: lambda {solver.lamda:g}, beta {solver.beta:g}; "
+          f"CS lambda {cs_lamda:g}\n")
     print(f"{'method':44s} {'PSNR dB':>14s} {'SSIM':>6s} {'NRMSE':>7s} {'s/slice':>8s}")
     recs, results = {}, {}
     for name, f in methods.items():
@@ -175,13 +185,15 @@ def main():
                   f"{results[name]['psnr_mean'] - results['flow l1+logprob']['psnr_mean']:+.2f} dB")
     if a.json:
         Path(a.json).write_text(json.dumps({"bits": bits, "val_bits_per_dim": round(bpd, 4), "results": results,
-                                            "solver": solver.to_dict(), "cs_lamda": cs_lamda}, indent=2))
+                                            "solver": solver.to_dict(), "lamda_l1": lamda_l1,
+                                            "beta_logprob": beta_lp, "cs_lamda": cs_lamda}, indent=2))
     if a.update_catalog and card is not None:
         from MRISynthLib import catalog
         cards = catalog.load_catalog()
         c = cards[card.id]
         c.training = {**c.training, "val_bits_per_dim": round(bpd, 4), "solver_variant": default_variant,
-                      "solver": {**solver.to_dict(), "beta_logprob": beta_lp, "cs_lamda": cs_lamda}}
+                      "solver": {**solver.to_dict(), "lamda_l1": lamda_l1, "beta_logprob": beta_lp,
+                                 "cs_lamda": cs_lamda}}
         c.metrics = {"test_set": f"SIAT slices 160-{159 + a.n}, 80x64 {bits}-bit, vd1d R={a.accel:g} (6 centre lines), "
                                  "8 coils, SNR 40", **{k: v for k, v in results.items()},
                      "l1_logprob_minus_l1_db": round(gain, 2)}

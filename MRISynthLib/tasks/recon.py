@@ -105,8 +105,8 @@ def load_flow(model: Optional[str] = None, device=None, bits: Optional[int] = No
 def flow_solver_config(tuned: dict, lamda: Optional[float] = None, beta: Optional[float] = None,
                        iters: Optional[int] = None, variant: str = "l1+logprob"):
     """Solver settings: the defaults, then ``tuned`` (a model card's ``training['solver']``;
-    its ``beta_logprob`` is the beta tuned for the log-prob-only variant), then the
-    arguments that are given."""
+    its ``beta_logprob`` is the beta tuned for the log-prob-only variant and ``lamda_l1``
+    the lambda tuned for the L1-only variant), then the arguments that are given."""
     from dataclasses import fields
 
     from ..recon.flow import FlowSolverConfig
@@ -115,6 +115,8 @@ def flow_solver_config(tuned: dict, lamda: Optional[float] = None, beta: Optiona
     cfg = {**FlowSolverConfig().to_dict(), **{k: v for k, v in tuned.items() if k in names}}
     if variant == "logprob" and "beta_logprob" in tuned:
         cfg["beta"] = tuned["beta_logprob"]
+    if variant == "l1" and "lamda_l1" in tuned:
+        cfg["lamda"] = tuned["lamda_l1"]
     for key, v in dict(lamda=lamda, beta=beta, iters=iters).items():
         if v is not None:
             cfg[key] = v
