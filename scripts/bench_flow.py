@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from MRISynthLib.metrics import nrmse, psnr, ssim  # noqa: E402
 from MRISynthLib.models.flow import FlowConfig, ImageFlow  # noqa: E402
 from MRISynthLib.recon import classical as C  # noqa: E402
-from MRISynthLib.recon.flow import FlowSolverConfig, flow_reconstruct  # noqa: E402
+from MRISynthLib.recon.flow import VARIANTS, FlowSolverConfig, flow_reconstruct  # noqa: E402
 from MRISynthLib.tasks.recon import flow_solver_config, load_flow, load_unrolled  # noqa: E402
 from MRISynthLib.training.flow import flow_multicoil, validate_bpd, siat_magnitudes  # noqa: E402
 
@@ -121,23 +121,22 @@ def main():
         flow.eval()
         bits = a.bits or st["train_config"]["bits"]
         stored = {}
-    solver = flow_solver_config(stored)
-    solver.iters = a.iters or solver.iters
-    solver.lr = a.lr or solver.lr
+    settings = {**stored, **({"iters": a.iters} if a.iters else {}), **({"lr": a.lr} if a.lr else {})}
+    solver = flow_solver_config(settings)
     bpd = validate_bpd(flow, siat_magnitudes(np.arange(150, 160), bits), bits)
     print(f"flow prior: validation NLL {bpd:.3f} bits/dim ({bits}-bit SIAT 150-159)")
-    cs_lamda = stored.get("cs_lamda", 2e-3)
-    beta_lp = stored.get("beta_logprob", solver.beta)
-    lamda_l1 = stored.get("lamda_l1", solver.lamda)
     default_variant = card.training.get("solver_variant", "l1+logprob") if card else "l1+logprob"
     if a.tune:
         t0 = time.perf_counter()
         val = flow_multicoil(np.arange(150, 150 + a.n_val), bits, accel=a.accel, seed=777)
         best = tune(flow, val, solver.iters, solver.lr)
-        solver.lamda, solver.beta = best["lamda"], best["beta"]
-        cs_lamda, beta_lp, lamda_l1 = best["cs_lamda"], best["beta_logprob"], best["lamda_l1"]
+        settings.update({k: best[k] for k in ("cs_lamda", "lamda_l1", "beta_logprob", "lamda", "beta")})
         default_variant = best["variant"]
         print(f"tuned in {time.perf_counter() - t0:.0f} s: {best}")
+    # each variant's weights as the task picks them (lamda_l1 / beta_logprob for the single-penalty ones)
+    solvers = {v: flow_solver_config(settings, variant=v) for v in VARIANTS}
+    solver, lamda_l1, beta_lp = solvers["l1+logprob"], solvers["l1"].lamda, solvers["logprob"].beta
+    cs_lamda = settings.get("cs_lamda", 2e-3)
     test_idx = np.arange(160, 160 + a.n)
     d = flow_multicoil(test_idx, bits, accel=a.accel, seed=12345)
     ref = np.abs(d["imgs"])
@@ -156,10 +155,8 @@ def main():
                 t = lambda k: torch.from_numpy(np.ascontiguousarray(dn[k]))  # noqa: E731
                 return net(t("ksp"), t("maps"), t("masks")).numpy() * dn["scale"]
         methods[f"unrolled ({mid})"] = run
-    for variant, lam, beta in (("l1", lamda_l1, 0.0), ("logprob", 0.0, beta_lp),
-                               ("l1+logprob", solver.lamda, solver.beta)):
-        cfg = FlowSolverConfig(**{**solver.to_dict(), "lamda": lam, "beta": beta})
-        methods[f"flow {variant}"] = lambda v=variant, c=cfg: run_flow(flow, d, v, c)
+    for variant in ("l1", "logprob", "l1+logprob"):
+        methods[f"flow {variant}"] = lambda v=variant: run_flow(flow, d, v, solvers[v])
     print(f"\n{a.n} held-out SIAT slices (160-{159 + a.n}), 80x64 {bits}-bit magnitudes, 8 coils, SNR 40, "
           f"vd1d R={a.accel:g}; flow: {solver.iters} Adam iterations, lr {solver.lr:g}; L1 only: lambda {lamda_l1:g}; "
           f"log-prob only: beta {beta_lp:g}; L1 + log-prob: lambda {solver.lamda:g}, beta {solver.beta:g}; "
