@@ -108,6 +108,19 @@ def test_solver_lowers_its_objective(variant):
     assert all(p.requires_grad for p in f.parameters())  # the flow is left trainable
 
 
+def test_solver_snapshots_follow_the_iterations():
+    f = tiny_flow(levels=2)
+    imgs, maps, mask, k = _problem()
+    snaps = {}
+    cfg = FlowSolverConfig(lamda=0.01, beta=1e-3, iters=20, lr=0.05)
+    out = flow_reconstruct(f, k, maps, mask, "l1+logprob", cfg, snapshot_every=5,
+                           snapshot=lambda it, x: snaps.__setitem__(it, x))
+    assert sorted(snaps) == [5, 10, 15, 20]
+    np.testing.assert_array_equal(snaps[20], out)                   # the last one is the result
+    err = [np.linalg.norm(np.abs(snaps[i]) - np.abs(imgs)) for i in sorted(snaps)]
+    assert not np.allclose(snaps[5], snaps[20]) and err[-1] < err[0]
+
+
 def test_solver_log_prob_is_the_flows_density_of_the_image():
     """The penalty's log p(G(z)) is the change of variables the other way round: it must
     equal the flow's own log density of the image G(z) (not log p(z) + log|det dG/dz|)."""

@@ -14,6 +14,11 @@ grid around those two, each by PSNR at the same iteration count; the tuned value
 stored with the model (--update-catalog). Test: the
 first --n of SIAT 160-199.
 
+--curve N: instead of the test, validation PSNR of each variant (at the weights it would
+use) every 100 Adam iterations up to N, and the L1 + log-prob gain over L1 only with each
+variant stopped at its own best iteration count: how the comparison depends on when the
+solver stops.
+
 Metrics on the magnitude: PSNR over the image (data range 1 = the reference's maximum),
 SSIM, NRMSE over the image. Time per slice on this machine's CPU (the flow solver runs
 all test slices as one batch; the time is the batch's time divided by the slices).
@@ -32,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from MRISynthLib.metrics import nrmse, psnr, ssim  # noqa: E402
 from MRISynthLib.models.flow import FlowConfig, ImageFlow  # noqa: E402
 from MRISynthLib.recon import classical as C  # noqa: E402
-from MRISynthLib.recon.flow import VARIANTS, FlowSolverConfig, flow_reconstruct  # noqa: E402
+from MRISynthLib.recon.flow import VARIANTS, FlowSolverConfig, flow_reconstruct, weights_for  # noqa: E402
 from MRISynthLib.tasks.recon import flow_solver_config, load_flow, load_unrolled  # noqa: E402
 from MRISynthLib.training.flow import flow_multicoil, validate_bpd, siat_magnitudes  # noqa: E402
 
@@ -91,6 +96,30 @@ def tune(flow, val, iters, lr):
     return best
 
 
+def psnr_curves(flow, bits, a, solvers, every=100):
+    """Validation PSNR of each variant every ``every`` iterations up to ``a.curve``."""
+    val = flow_multicoil(np.arange(150, 150 + a.n_val), bits, accel=a.accel, seed=777)
+    ref = np.abs(val["imgs"])
+    curves = {}
+    for v in VARIANTS:
+        cfg = FlowSolverConfig(**{**solvers[v].to_dict(), "iters": a.curve})
+        curve = {}
+        flow_reconstruct(flow, val["ksp"], val["maps"], val["masks"], v, cfg, snapshot_every=every,
+                         snapshot=lambda it, x: curve.__setitem__(it, mean_psnr(x, ref)))
+        curves[v] = curve
+        lam, beta = weights_for(v, cfg)
+        print(f"{v:11s} (lambda {lam:g}, beta {beta:g}): "
+              + " ".join(f"{it}:{p:.2f}" for it, p in curve.items()), flush=True)
+    best = {v: max(c, key=c.get) for v, c in curves.items()}
+    print(f"\nvalidation slices 150-{149 + a.n_val}; PSNR dB at iteration (every {every})")
+    for v, it in best.items():
+        print(f"best {v}: {curves[v][it]:.2f} dB at {it} iterations")
+    gain = curves["l1+logprob"][best["l1+logprob"]] - curves["l1"][best["l1"]]
+    print(f"L1 + log-prob vs L1 only, each at its best iteration count: {gain:+.2f} dB")
+    for it in curves["l1"]:
+        print(f"  at {it:5d} iterations: {curves['l1+logprob'][it] - curves['l1'][it]:+.2f} dB")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -107,6 +136,8 @@ def main():
     ap.add_argument("--update-catalog", action="store_true")
     ap.add_argument("--figure", default=None, help="montage of the results with error maps")
     ap.add_argument("--json", default=None, help="write the table as JSON here")
+    ap.add_argument("--curve", type=int, default=None, metavar="N",
+                    help="only: validation PSNR of each variant every 100 iterations up to N")
     a = ap.parse_args()
     torch.set_num_threads(2)
     card = None
@@ -137,6 +168,8 @@ def main():
     solvers = {v: flow_solver_config(settings, variant=v) for v in VARIANTS}
     solver, lamda_l1, beta_lp = solvers["l1+logprob"], solvers["l1"].lamda, solvers["logprob"].beta
     cs_lamda = settings.get("cs_lamda", 2e-3)
+    if a.curve:
+        return psnr_curves(flow, bits, a, solvers)
     test_idx = np.arange(160, 160 + a.n)
     d = flow_multicoil(test_idx, bits, accel=a.accel, seed=12345)
     ref = np.abs(d["imgs"])

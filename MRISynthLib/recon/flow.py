@@ -88,10 +88,13 @@ def objective_terms(flow, z, c, y, maps, mask, phase, size):
 def flow_reconstruct(flow, kspace: np.ndarray, maps: np.ndarray, mask: np.ndarray, variant: str = "l1+logprob",
                      cfg: FlowSolverConfig = FlowSolverConfig(), device=None, progress: bool = False,
                      cancel: Optional[Callable[[], bool]] = None,
-                     progress_callback: Optional[Callable[[float], None]] = None, history: Optional[list] = None):
+                     progress_callback: Optional[Callable[[float], None]] = None, history: Optional[list] = None,
+                     snapshot: Optional[Callable[[int, np.ndarray], None]] = None, snapshot_every: int = 100):
     """k-space (B, C, H, W) complex, maps (B, C, H, W), masks (B, H, W) or (H, W) ->
     complex images (B, H, W). All slices are solved together (independent problems).
-    ``history`` (a list) receives the mean objective per iteration."""
+    ``history`` (a list) receives the mean objective per iteration; ``snapshot(it, images)``
+    is called with the current images (as returned at the end) after every
+    ``snapshot_every`` iterations, e.g. to follow the error against the iteration count."""
     lamda, beta = weights_for(variant, cfg)
     k = np.asarray(kspace)
     if k.ndim == 3:
@@ -118,8 +121,10 @@ def flow_reconstruct(flow, kspace: np.ndarray, maps: np.ndarray, mask: np.ndarra
         for it in tqdm(range(cfg.iters), desc=f"flow {variant}", unit="it", disable=not progress):
             if cancel is not None and cancel():
                 raise Cancelled("reconstruction cancelled")
-            data, l1, logp, _ = objective_terms(flow, z, logc.exp(), y, mp, mk, phase, (h, w))
+            data, l1, logp, x = objective_terms(flow, z, logc.exp(), y, mp, mk, phase, (h, w))
             obj = data + lamda * l1 - beta * logp
+            if snapshot is not None and it > 0 and it % snapshot_every == 0:   # x of the current z
+                snapshot(it, (x.detach().cpu().numpy() * s0[:, None, None]).astype(np.complex64))
             opt.zero_grad(set_to_none=True)
             obj.sum().backward()
             opt.step()
@@ -132,5 +137,8 @@ def flow_reconstruct(flow, kspace: np.ndarray, maps: np.ndarray, mask: np.ndarra
     finally:
         for p in flow.parameters():
             p.requires_grad_(True)
-    return (x.cpu().numpy() * s0[:, None, None]).astype(np.complex64)
+    out = (x.cpu().numpy() * s0[:, None, None]).astype(np.complex64)
+    if snapshot is not None and cfg.iters % snapshot_every == 0:
+        snapshot(cfg.iters, out)
+    return out
 
