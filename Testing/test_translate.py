@@ -309,3 +309,53 @@ def test_shipped_model_and_cli_on_a_small_volume(tmp_path):
     assert y[1][m[0]].mean() > y[1][m[1]].mean()                # the T2w output has bright CSF
     with pytest.raises(SystemExit):
         main(["translate", "-i", str(src), "--direction", "flair", "-o", str(dst)])
+
+
+def test_clean_targets_replace_the_cycle_and_identity_targets():
+    net = CycleGAN(CycleGANConfig(size=32, ngf=4, ndf=4))
+    half = type("Half", (torch.nn.Module,), {"forward": lambda self, x: 0.5 * x})()
+    net.g_ab = net.g_ba = half
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    ca, cb = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    _, plain, _, _ = generator_losses(net, a, b)
+    _, same, _, _ = generator_losses(net, a, b, clean_a=a, clean_b=b)
+    assert all(plain[k].item() == pytest.approx(same[k].item()) for k in plain)
+    _, parts, fa, fb = generator_losses(net, a, b, clean_a=ca, clean_b=cb)
+    assert parts["cycle_a"].item() == pytest.approx(10 * (0.25 * a - ca).abs().mean().item(), rel=1e-5)
+    assert parts["cycle_b"].item() == pytest.approx(10 * (0.25 * b - cb).abs().mean().item(), rel=1e-5)
+    assert parts["id_a"].item() == pytest.approx(5 * (0.5 * a - ca).abs().mean().item(), rel=1e-5)
+    assert torch.equal(fb, 0.5 * a) and torch.equal(fa, 0.5 * b)      # the generators still get the noisy inputs
+
+
+def test_random_image_with_clean_keeps_the_noisy_stream_and_drops_only_the_noise():
+    f = _disc_fractions(1, 64)[0]
+    noisy = tr.random_image(f, "t2", np.random.default_rng(3))
+    n2, clean = tr.random_image(f, "t2", np.random.default_rng(3), with_clean=True)
+    np.testing.assert_array_equal(noisy, n2)                    # same draw as without the clean copy
+    bg = f.sum(0) == 0
+    assert np.all(clean[bg] == -1.0) and (noisy[bg] > -1.0).mean() > 0.9   # air: no signal without noise
+    head = ~bg
+    assert np.abs(noisy[head] - clean[head]).mean() < 0.1       # the same image under the noise
+
+
+def test_training_with_clean_targets_from_given_generators(tmp_path):
+    cfg = CycleGANConfig(size=32, ngf=8, ndf=8)
+    fa, fb = _disc_fractions(4, 32, 0), _disc_fractions(4, 32, 2)
+    clean = {c: render_fractions(fa[0], tr.test_seq(c), "mrilab") for c in ("t1", "t2")}
+    pair = {"t1_in": clean["t1"], "t2_in": clean["t2"], **clean}
+    src = Generators(cfg)
+    init = {k: v.clone() for k, v in src.state_dict().items()}
+    tc = tr.CycleTrainConfig(steps=0, load_size=36, frame_every=1000, threads=1, clean_targets=True)
+    net = tr.train_cyclegan(cfg, tmp_path / "a", tc, domains=(fa, fb), frame_pair=pair, progress=False,
+                            init_generators=init)
+    sd = net.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in init.items())           # both generators start from the given ones
+    tc = tr.CycleTrainConfig(steps=3, load_size=36, frame_every=1000, threads=1, clean_targets=True)
+    tr.train_cyclegan(cfg, tmp_path / "b", tc, domains=(fa, fb), frame_pair=pair, progress=False,
+                      init_generators=init)
+    st = torch.load(tmp_path / "b" / "cyclegan_ckpt.pt", weights_only=False)
+    assert st["step"] == 3 and st["train_config"]["clean_targets"] is True
+    assert not torch.equal(st["model"]["g_ab.down.0.0.weight"], init["g_ab.down.0.0.weight"])
+    with pytest.raises(ValueError, match="does not fit"):
+        tr.train_cyclegan(cfg, tmp_path / "c", tc, domains=(fa, fb), frame_pair=pair, progress=False,
+                          init_generators={"g_ab.nope": torch.zeros(1)})

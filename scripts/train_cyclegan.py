@@ -47,6 +47,12 @@ def main():
                     help="TE/TR ranges of the T1w and T2w domains (see MRISynthLib.training.cyclegan)")
     ap.add_argument("--init-from", default=None, metavar="CKPT",
                     help="continue from another run's checkpoint when --out has none (e.g. another protocol)")
+    ap.add_argument("--init-generators", default=None, metavar="MODEL_ID",
+                    help="start both generators from a shipped model (fresh discriminators) when --out has "
+                         "no checkpoint")
+    ap.add_argument("--clean-targets", action="store_true",
+                    help="discriminators' real images and cycle targets noise-free (generator inputs noisy)")
+    ap.add_argument("--ndf", type=int, default=None, help="discriminator width (default: the --width's)")
     ap.add_argument("--frame-every", type=int, default=500)
     ap.add_argument("--keep-every", type=int, default=0, metavar="N",
                     help="also keep a copy of the checkpoint every N steps (snap_<step>.pt in --out)")
@@ -59,12 +65,22 @@ def main():
                     help="ship this checkpoint of the run (e.g. a snapshot chosen on the validation slices) "
                          "instead of its last one")
     a = ap.parse_args()
-    cfg = CycleGANConfig(size=a.size, gan_mode=a.gan_mode, **WIDTHS[a.width])
+    cfg = CycleGANConfig(size=a.size, gan_mode=a.gan_mode,
+                         **{**WIDTHS[a.width], **({"ndf": a.ndf} if a.ndf else {})})
     tc = CycleTrainConfig(steps=a.steps, lr=a.lr, lam_id=a.lam_id, warm_steps=a.warm_steps,
                           load_size=round(a.size * 286 / 256), anatomies=tuple(a.anatomies.split(",")),
                           frame_every=a.frame_every, threads=a.threads, seed=a.seed, protocol=a.protocol,
-                          keep_every=a.keep_every)
-    net = train_cyclegan(cfg, a.out, tc, init_from=a.init_from)
+                          keep_every=a.keep_every, clean_targets=a.clean_targets)
+    init_g, init_card = None, None
+    if a.init_generators:
+        from MRISynthLib.tasks.translate import load_model
+
+        gen, init_card = load_model(a.init_generators, "cpu")
+        if gen.cfg.ngf != cfg.ngf or gen.cfg.size != cfg.size:
+            ap.error(f"{a.init_generators} has ngf {gen.cfg.ngf}, size {gen.cfg.size}; this run: "
+                     f"ngf {cfg.ngf}, size {cfg.size}")
+        init_g = {k: v.float() for k, v in gen.state_dict().items()}
+    net = train_cyclegan(cfg, a.out, tc, init_from=a.init_from, init_generators=init_g)
     if a.gif_out:
         write_gif(Path(a.out) / "frames", Path(a.gif_out), scale=0.5)
         print(f"wrote {a.gif_out}")
@@ -81,6 +97,11 @@ def main():
             extra["continued_from"] = {"checkpoint": Path(a.init_from).name, "step": int(st["step"]),
                                        "protocol": st["train_config"].get("protocol", "wide"),
                                        "warm_steps": st["train_config"].get("warm_steps", 0)}
+        if init_card is not None:
+            extra["continued_from"] = {"model": init_card.id, "sha256": init_card.sha256,
+                                       "steps": init_card.training.get("steps"),
+                                       "protocol": init_card.training.get("protocol", "wide"),
+                                       "note": "generators only; discriminators trained from scratch"}
         if a.export_from:
             st = torch.load(a.export_from, weights_only=False, map_location="cpu")
             net.load_state_dict(st["model"])

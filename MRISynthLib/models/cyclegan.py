@@ -15,13 +15,14 @@
 Losses (:func:`gan_loss`, :func:`generator_losses`, :func:`discriminator_loss`):
 adversarial binary cross-entropy on logits (``bce``, the seed's) or least squares
 (``lsgan``, the CycleGAN paper's), cycle-consistency L1 x lambda (10), identity L1 x
-lambda x lambda_id (0.5).
+lambda x lambda_id (0.5); with noise-free copies of the noisy inputs (simulated data) the
+cycle and identity targets are the noise-free images (translate and denoise).
 """
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -176,19 +177,28 @@ def gan_loss(logits: torch.Tensor, real: bool, mode: str = "lsgan") -> torch.Ten
 
 
 def generator_losses(net: CycleGAN, real_a: torch.Tensor, real_b: torch.Tensor, lam: float = 10.0,
-                     lam_id: float = 0.5) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Total generator loss, its parts, and the fakes (for the discriminator step)."""
+                     lam_id: float = 0.5, clean_a: Optional[torch.Tensor] = None,
+                     clean_b: Optional[torch.Tensor] = None
+                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Total generator loss, its parts, and the fakes (for the discriminator step).
+
+    ``clean_a`` / ``clean_b``: noise-free versions of the (noisy) inputs ``real_a`` /
+    ``real_b``, when the data have them: the cycle and identity losses then ask for the
+    noise-free image back, so the generators learn to translate *and* denoise (the
+    discriminators should then judge the noise-free images as real)."""
     mode = net.cfg.gan_mode
+    ta = real_a if clean_a is None else clean_a
+    tb = real_b if clean_b is None else clean_b
     fake_b, fake_a = net.g_ab(real_a), net.g_ba(real_b)
     parts = {
         "gan_ab": gan_loss(net.d_b(fake_b), True, mode),
         "gan_ba": gan_loss(net.d_a(fake_a), True, mode),
-        "cycle_a": lam * F.l1_loss(net.g_ba(fake_b), real_a),
-        "cycle_b": lam * F.l1_loss(net.g_ab(fake_a), real_b),
+        "cycle_a": lam * F.l1_loss(net.g_ba(fake_b), ta),
+        "cycle_b": lam * F.l1_loss(net.g_ab(fake_a), tb),
     }
     if lam_id > 0:
-        parts["id_a"] = lam * lam_id * F.l1_loss(net.g_ba(real_a), real_a)
-        parts["id_b"] = lam * lam_id * F.l1_loss(net.g_ab(real_b), real_b)
+        parts["id_a"] = lam * lam_id * F.l1_loss(net.g_ba(real_a), ta)
+        parts["id_b"] = lam * lam_id * F.l1_loss(net.g_ab(real_b), tb)
     return sum(parts.values()), parts, fake_a, fake_b
 
 

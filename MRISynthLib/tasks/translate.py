@@ -65,8 +65,14 @@ def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict
         from ..training.cyclegan import PROTOCOLS
 
         training.update({k: v for k, v in asdict(tc).items()
-                         if k in ("steps", "warm_steps", "batch", "lr", "lam", "lam_id", "pool", "anatomies", "protocol")})
+                         if k in ("steps", "warm_steps", "batch", "lr", "lam", "lam_id", "pool", "anatomies", "protocol",
+                                  "clean_targets")})
         training["te_tr_ranges_s"] = PROTOCOLS[tc.protocol]
+        if not tc.warm_steps:
+            training.pop("warm_start")
+        if tc.clean_targets:
+            training["loss"] += ("; noisy inputs, noise-free images as the discriminators' reals and as the cycle "
+                                 "targets")
     training.update(training_extra)
     sd = net.generator_state_dict() if hasattr(net, "generator_state_dict") else net.state_dict()
     extra = {"metrics": metrics} if metrics else {}

@@ -21,7 +21,12 @@ fractions (axial slices on a 2 mm grid resized to 256 x 256):
   :func:`MRISynthLib.training.quantitative.held_out_z`) and their neighbours +/-1 of every
   training anatomy, and the whole of any anatomy not in ``anatomies`` (cross-anatomy test);
 * preprocessing as the seed: intensities to [-1, 1] (99.5th percentile -> 1), random
-  jitter (resize to 286 x 286, random 256 x 256 crop) and left-right mirroring.
+  jitter (resize to 286 x 286, random 256 x 256 crop) and left-right mirroring;
+* ``clean_targets``: the simulator also keeps each image without its noise; the
+  generators still get the noisy images, but the discriminators judge noise-free images as
+  real and the cycle loss asks for the noise-free input back, so the generators learn to
+  translate to noise-free images (the benchmark's references are noise-free) instead of
+  copying or inventing noise.
 
 Paired test slices (:func:`test_pairs`): the held-out slices rendered with both contrasts
 (TE/TR at the quartiles and middle of the ranges above, the nominal MRiLab and
@@ -86,6 +91,7 @@ class CycleTrainConfig:
     tables: Tuple[str, ...] = ("mrilab", "mrilab_full")
     protocol: str = "standard"    # a key of PROTOCOLS: the TE/TR ranges of both domains
     keep_every: int = 0           # also keep a copy of the checkpoint every this many steps (snap_<step>.pt)
+    clean_targets: bool = False   # discriminators' real images and cycle targets noise-free (inputs noisy)
 
 
 def _ranges(contrast: str, protocol: str):
@@ -95,16 +101,19 @@ def _ranges(contrast: str, protocol: str):
 
 
 def random_image(frac: np.ndarray, contrast: str, rng: np.random.Generator,
-                 tables: Sequence[str] = ("mrilab", "mrilab_full"), protocol: str = "standard") -> np.ndarray:
-    """One randomised training image of a contrast (``t1``/``t2``) of a protocol, in [-1, 1]."""
+                 tables: Sequence[str] = ("mrilab", "mrilab_full"), protocol: str = "standard",
+                 with_clean: bool = False):
+    """One randomised training image of a contrast (``t1``/``t2``) of a protocol, in [-1, 1];
+    ``with_clean``: (noisy, noise-free) versions of the same image, each on its own scale."""
     (te0, te1), (tr0, tr1) = _ranges(contrast, protocol)
     seq = SequenceParams("se", float(rng.uniform(te0, te1)), float(rng.uniform(tr0, tr1)))
     table = jitter_table(tables[rng.integers(len(tables))], rng, JITTER)
-    img = render_fractions(frac, seq, table)
+    clean = render_fractions(frac, seq, table)
     if rng.random() < 0.5:
-        img = img * bias_field(img.shape, rng, float(rng.uniform(0.02, 0.1)))
-    img = add_noise(img, float(np.exp(rng.uniform(np.log(30), np.log(150)))), rng)
-    return to_model_range(img, intensity_scale(img))
+        clean = clean * bias_field(clean.shape, rng, float(rng.uniform(0.02, 0.1)))
+    img = add_noise(clean, float(np.exp(rng.uniform(np.log(30), np.log(150)))), rng)
+    noisy = to_model_range(img, intensity_scale(img))
+    return (noisy, to_model_range(clean, intensity_scale(clean))) if with_clean else noisy
 
 
 def inversion_match(x: np.ndarray, ref_values: np.ndarray, threshold: float = 0.05) -> np.ndarray:
@@ -245,13 +254,16 @@ def _warm_step(net: CycleGAN, opt_g, real_a: torch.Tensor, real_b: torch.Tensor)
 
 
 def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=None, frame_pair=None,
-                   progress: bool = True, init_from=None) -> CycleGAN:
+                   progress: bool = True, init_from=None, init_generators: Optional[dict] = None) -> CycleGAN:
     """Train (or resume) a CycleGAN; checkpoint, loss log, frames and GIF in ``out_dir``.
 
     ``domains``: (T1 fractions, T2 fractions) to use instead of :func:`load_domains`;
     ``frame_pair``: a dict like one entry of :func:`test_pairs` for the GIF frames;
     ``init_from``: another run's checkpoint to continue from (weights, optimisers, pools
-    and step) when ``out_dir`` has none yet, e.g. to fine-tune on another protocol.
+    and step) when ``out_dir`` has none yet, e.g. to fine-tune on another protocol;
+    ``init_generators``: a generator state dict (``g_ab.*``, ``g_ba.*``, as a shipped model
+    holds) to start both generators from when ``out_dir`` has no checkpoint yet
+    (discriminators, optimisers and pools start fresh, at step 0).
     """
     from PIL import Image
 
@@ -280,6 +292,12 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
             if st.get(key) is not None:
                 pool.images = list(st[key].split(1))
         start = int(st["step"])
+    elif init_generators is not None:
+        missing, unexpected = net.load_state_dict(init_generators, strict=False)
+        if unexpected or any(k.startswith(("g_ab.", "g_ba.")) for k in missing):
+            raise ValueError(f"init_generators does not fit the generators: missing "
+                             f"{[k for k in missing if k.startswith(('g_ab.', 'g_ba.'))][:3]}, "
+                             f"unexpected {unexpected[:3]}")
     frames = out_dir / "frames"
     frames.mkdir(exist_ok=True)
 
@@ -313,12 +331,15 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
         for step in tqdm(range(start, tc.steps), desc="cyclegan", initial=start, total=tc.steps,
                          disable=not progress):
             rng = np.random.default_rng([tc.seed, step])
-            a = np.stack([random_image(fa[i], "t1", rng, tc.tables, tc.protocol)
+            # (batch, 2, H, W): noisy and noise-free versions, jittered together
+            a = np.stack([np.stack(random_image(fa[i], "t1", rng, tc.tables, tc.protocol, with_clean=True))
                           for i in rng.integers(len(fa), size=tc.batch)])
-            b = np.stack([random_image(fb[i], "t2", rng, tc.tables, tc.protocol)
+            b = np.stack([np.stack(random_image(fb[i], "t2", rng, tc.tables, tc.protocol, with_clean=True))
                           for i in rng.integers(len(fb), size=tc.batch)])
-            real_a = jitter_batch(torch.from_numpy(a)[:, None], rng, tc.load_size, cfg.size)
-            real_b = jitter_batch(torch.from_numpy(b)[:, None], rng, tc.load_size, cfg.size)
+            a = jitter_batch(torch.from_numpy(a), rng, tc.load_size, cfg.size)
+            b = jitter_batch(torch.from_numpy(b), rng, tc.load_size, cfg.size)
+            real_a, real_b = a[:, :1], b[:, :1]
+            clean_a, clean_b = (a[:, 1:], b[:, 1:]) if tc.clean_targets else (None, None)
             for o in (opt_g, opt_d):
                 for group in o.param_groups:
                     group["lr"] = lr_at(step)
@@ -333,15 +354,18 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
             # generators (discriminators frozen)
             for p in net.discriminators():
                 p.requires_grad_(False)
-            loss_g, parts, fake_a, fake_b = generator_losses(net, real_a, real_b, tc.lam, tc.lam_id)
+            loss_g, parts, fake_a, fake_b = generator_losses(net, real_a, real_b, tc.lam, tc.lam_id,
+                                                             clean_a, clean_b)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
             # discriminators on pooled fakes
             for p in net.discriminators():
                 p.requires_grad_(True)
-            d_a = discriminator_loss(net.d_a, real_a, pool_a.query(fake_a), cfg.gan_mode)
-            d_b = discriminator_loss(net.d_b, real_b, pool_b.query(fake_b), cfg.gan_mode)
+            d_a = discriminator_loss(net.d_a, real_a if clean_a is None else clean_a, pool_a.query(fake_a),
+                                     cfg.gan_mode)
+            d_b = discriminator_loss(net.d_b, real_b if clean_b is None else clean_b, pool_b.query(fake_b),
+                                     cfg.gan_mode)
             opt_d.zero_grad(set_to_none=True)
             (d_a + d_b).backward()
             opt_d.step()
