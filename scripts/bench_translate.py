@@ -27,9 +27,10 @@ fraction > 0.5), for:
   histogram of 40 unpaired training-domain images of the target contrast, background 0.
 
 It prints the table, the CycleGAN's PSNR per tissue table of the pairs, the result against
-the targets (T1->T2 >= 30 dB and SSIM >= 0.92 on the trained anatomy), the CPU time to translate a 180-slice 256 x 256 volume, and writes the montage
-docs/translate_montage.png (input, translated, ground truth, |difference| for both
-directions on one BrainWeb and one MNI152 slice).
+the targets (T1->T2 >= 30 dB and SSIM >= 0.92 on the trained anatomy), the CPU time to
+translate a 180-slice 256 x 256 volume, and writes the montage docs/translate_montage.png
+(input, translated, ground truth, |difference| for both directions on one BrainWeb and
+one MNI152 slice).
 """
 import argparse
 import sys
