@@ -24,6 +24,7 @@ SSIM, NRMSE over the image. Time per slice on this machine's CPU (the flow solve
 all test slices as one batch; the time is the batch's time divided by the slices).
 """
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -96,13 +97,18 @@ def tune(flow, val, iters, lr):
     return best
 
 
+def validation_set(bits, a):
+    """The validation slices (SIAT 150 on) of tuning and of the iteration curves."""
+    return flow_multicoil(np.arange(150, 150 + a.n_val), bits, accel=a.accel, seed=777)
+
+
 def psnr_curves(flow, bits, a, solvers, every=100):
     """Validation PSNR of each variant every ``every`` iterations up to ``a.curve``."""
-    val = flow_multicoil(np.arange(150, 150 + a.n_val), bits, accel=a.accel, seed=777)
+    val = validation_set(bits, a)
     ref = np.abs(val["imgs"])
     curves = {}
     for v in VARIANTS:
-        cfg = FlowSolverConfig(**{**solvers[v].to_dict(), "iters": a.curve})
+        cfg = dataclasses.replace(solvers[v], iters=a.curve)
         curve = {}
         flow_reconstruct(flow, val["ksp"], val["maps"], val["masks"], v, cfg, snapshot_every=every,
                          snapshot=lambda it, x: curve.__setitem__(it, mean_psnr(x, ref)))
@@ -159,7 +165,7 @@ def main():
     default_variant = card.training.get("solver_variant", "l1+logprob") if card else "l1+logprob"
     if a.tune:
         t0 = time.perf_counter()
-        val = flow_multicoil(np.arange(150, 150 + a.n_val), bits, accel=a.accel, seed=777)
+        val = validation_set(bits, a)
         best = tune(flow, val, solver.iters, solver.lr)
         settings.update({k: best[k] for k in ("cs_lamda", "lamda_l1", "beta_logprob", "lamda", "beta")})
         default_variant = best["variant"]

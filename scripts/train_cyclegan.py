@@ -31,7 +31,6 @@ the checkpoint in --out; --export writes both generators as fp16 safetensors and
 catalog entry. progress.gif in --out shows the test predictions every --frame-every steps.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -80,8 +79,7 @@ def main():
                           load_size=round(a.size * 286 / 256), anatomies=tuple(a.anatomies.split(",")),
                           frame_every=a.frame_every, threads=a.threads, seed=a.seed, protocol=a.protocol,
                           keep_every=a.keep_every, clean_targets=a.clean_targets)
-    init_g = None
-    origin = Path(a.out) / "init_generators.json"   # what a run started from, for its catalog card
+    init_g, origin = None, None
     if a.init_generators and not (Path(a.out) / "cyclegan_ckpt.pt").exists():
         from MRISynthLib.tasks.translate import load_model
 
@@ -90,11 +88,10 @@ def main():
             ap.error(f"{a.init_generators} has ngf {gen.cfg.ngf}, size {gen.cfg.size}; this run: "
                      f"ngf {cfg.ngf}, size {cfg.size}")
         init_g = {k: v.float() for k, v in gen.state_dict().items()}
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        origin.write_text(json.dumps({"model": card.id, "sha256": card.sha256, "steps": card.training.get("steps"),
-                                      "protocol": card.training.get("protocol", "wide"),
-                                      "note": "generators only; discriminators trained from scratch"}, indent=1))
-    net = train_cyclegan(cfg, a.out, tc, init_from=a.init_from, init_generators=init_g)
+        origin = {"model": card.id, "sha256": card.sha256, "steps": card.training.get("steps"),
+                  "protocol": card.training.get("protocol", "wide"),
+                  "note": "generators only; discriminators trained from scratch"}
+    net = train_cyclegan(cfg, a.out, tc, init_from=a.init_from, init_generators=init_g, origin=origin)
     if a.gif_out:
         write_gif(Path(a.out) / "frames", Path(a.gif_out), scale=0.5)
         print(f"wrote {a.gif_out}")
@@ -106,15 +103,10 @@ def main():
         import torch
 
         extra = {}
-        if a.init_from:
-            st = torch.load(a.init_from, weights_only=False, map_location="cpu")
-            extra["continued_from"] = {"checkpoint": Path(a.init_from).name, "step": int(st["step"]),
-                                       "protocol": st["train_config"].get("protocol", "wide"),
-                                       "warm_steps": st["train_config"].get("warm_steps", 0)}
-        if origin.exists():
-            extra["continued_from"] = json.loads(origin.read_text())
+        st = torch.load(a.export_from or Path(a.out) / "cyclegan_ckpt.pt", weights_only=False, map_location="cpu")
+        if st.get("origin"):   # what the run started from (see train_cyclegan)
+            extra["continued_from"] = st["origin"]
         if a.export_from:
-            st = torch.load(a.export_from, weights_only=False, map_location="cpu")
             net.load_state_dict(st["model"])
             extra["schedule_steps"] = tc.steps
             extra["exported_checkpoint"] = Path(a.export_from).name

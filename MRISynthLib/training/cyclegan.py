@@ -254,7 +254,8 @@ def _warm_step(net: CycleGAN, opt_g, real_a: torch.Tensor, real_b: torch.Tensor)
 
 
 def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=None, frame_pair=None,
-                   progress: bool = True, init_from=None, init_generators: Optional[dict] = None) -> CycleGAN:
+                   progress: bool = True, init_from=None, init_generators: Optional[dict] = None,
+                   origin: Optional[dict] = None) -> CycleGAN:
     """Train (or resume) a CycleGAN; checkpoint, loss log, frames and GIF in ``out_dir``.
 
     ``domains``: (T1 fractions, T2 fractions) to use instead of :func:`load_domains`;
@@ -263,7 +264,12 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
     and step) when ``out_dir`` has none yet, e.g. to fine-tune on another protocol;
     ``init_generators``: a generator state dict (``g_ab.*``, ``g_ba.*``, as a shipped model
     holds) to start both generators from when ``out_dir`` has no checkpoint yet
-    (discriminators, optimisers and pools start fresh, at step 0).
+    (discriminators, optimisers and pools start fresh, at step 0), with ``origin``
+    describing where they came from (e.g. the model id and checksum).
+
+    Every checkpoint keeps the run's ``origin`` (for the catalog card of an export): that
+    ``origin``, or for a run continued from ``init_from`` that checkpoint's name, step,
+    protocol and warm-up steps, with the origin it had in turn under ``continued_from``.
     """
     from PIL import Image
 
@@ -292,6 +298,13 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
             if st.get(key) is not None:
                 pool.images = list(st[key].split(1))
         start = int(st["step"])
+        if ckpt.exists():
+            origin = st.get("origin")
+        else:
+            origin = {"checkpoint": Path(init_from).name, "step": start,
+                      "protocol": st["train_config"].get("protocol", "wide"),
+                      "warm_steps": st["train_config"].get("warm_steps", 0),
+                      **({"continued_from": st["origin"]} if st.get("origin") else {})}
     elif init_generators is not None:
         missing, unexpected = net.load_state_dict(init_generators, strict=False)
         if unexpected or any(k.startswith(("g_ab.", "g_ba.")) for k in missing):
@@ -315,7 +328,7 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
     def save(s):
         pools = {k: torch.cat(p.images) if p.images else None for k, p in (("pool_a", pool_a), ("pool_b", pool_b))}
         save_ckpt(ckpt, model=net.state_dict(), opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), step=s,
-                  config=cfg.to_dict(), train_config=asdict(tc), **pools)
+                  config=cfg.to_dict(), train_config=asdict(tc), origin=origin, **pools)
         if tc.keep_every and s > 0 and s % tc.keep_every == 0:
             shutil.copyfile(ckpt, out_dir / f"snap_{s}.pt")
 
