@@ -15,7 +15,8 @@ scripts/bench_reparam.py --update-catalog). Re-running resumes from the checkpoi
 slices (away from the held-out ones; the paper's slices, pairs and test set are
 unchanged). ``--continue-shipped`` starts each mode from the shipped model (its frozen
 autoencoder and its Param-Net) instead of training from scratch; the catalog card then
-records what it continued from.
+records what it continued from. ``--continuous-pairs`` trains on fresh (TE, TR) values
+in every batch instead of the file's 160 training pairs (see ContinuousPairs).
 """
 import argparse
 import sys
@@ -30,7 +31,7 @@ from MRISynthLib import catalog  # noqa: E402
 from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset  # noqa: E402
 from MRISynthLib.models.paramnet import ReparamConfig, WIDTHS  # noqa: E402
 from MRISynthLib.training.common import run_origin  # noqa: E402
-from MRISynthLib.training.reparam import (PaperData, TrainConfig, autoencoder_pool,  # noqa: E402
+from MRISynthLib.training.reparam import (ContinuousPairs, PaperData, TrainConfig, autoencoder_pool,  # noqa: E402
                                           paramnet_checkpoint, train_autoencoder, train_paramnet)
 
 CITATION = ("Narang, Raj, Pop, Ebrahimi, 'Deep Learning-Based MR Image Re-parameterization', BIOENG 2022; "
@@ -59,12 +60,16 @@ def main():
                     help="random rotation/scale/shift of the training pairs (same warp for input and target)")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                     help="bf16: Param-Net trained under bfloat16 autocast (faster on CPUs with AMX)")
+    ap.add_argument("--continuous-pairs", action="store_true",
+                    help="train on fresh continuous (TE, TR) values rendered on the fly (away from the held-out "
+                         "pairs) instead of the file's training pairs")
     ap.add_argument("--ship", action="store_true", help="export weights + catalog entries into the package")
     a = ap.parse_args()
 
     if not Path(a.data).exists():
         make_paper_dataset(a.data, ProtocolConfig(seed=0, extra_train_slices=a.extra_slices))
     data = PaperData(a.data)
+    train_data = ContinuousPairs(data, a.data) if a.continuous_pairs else data
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg0 = ReparamConfig("d2p", widths=a.widths)
@@ -98,7 +103,7 @@ def main():
             ae_steps = source.training.get("ae_steps")
             origin = run_origin(paramnet_checkpoint(out, mode), source)
         t1 = time.time()
-        model = train_paramnet(cfg, data, ae_state, out, TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
+        model = train_paramnet(cfg, train_data, ae_state, out, TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
                                                                      seed=a.seed, threads=a.threads,
                                                                      low_res_fraction=a.low_res_fraction,
                                                                      affine=a.affine, precision=a.precision),
@@ -112,7 +117,11 @@ def main():
                              else "Param-to-Param: input at any TE/TR") + f", {a.widths} widths",
                 training={"data": "paper protocol on BrainWeb (MRiLab table, 2 mm grid -> 256x256, 8-bit), "
                                   f"{len(data.te)} (TE,TR) pairs x {len(data.slice_z)} slices; "
-                                  f"{len(data.train_pairs)} train pairs x {len(data.train_slices)} train slices"
+                                  + (f"training images at continuous (TE, TR) drawn like the file's pairs, "
+                                     f"rendered on the fly; no draw within {train_data.exclude_te:.0%} in TE and "
+                                     f"{train_data.exclude_tr:g} s in TR of a held-out pair"
+                                     if a.continuous_pairs else f"{len(data.train_pairs)} train pairs")
+                                  + f" x {len(data.train_slices)} train slices"
                                   + ("; the slices beyond the paper's 24 are training-only, away from the "
                                      "held-out ones" if len(data.slice_z) > 24 else ""),
                           "autoencoder_pretraining": "BrainWeb spin-echo images with randomised tissues + 150 "
