@@ -188,7 +188,8 @@ def cmd_reparam(a) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = reparameterize(vol.array, te, tr, a.te, a.tr, model=a.model, device=a.device,
-                             batch_size=a.batch_size, progress=not a.quiet, progress_callback=a.progress_callback)
+                             batch_size=a.batch_size, progress=not a.quiet, progress_callback=a.progress_callback,
+                             flip_average=not a.no_flip_average)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     _write_like_input(vol, out, a.output, a.input, SequenceParams("se", a.te, a.tr))
@@ -520,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="d2p", help="d2p, p2p, or a model id from the catalog (default d2p)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--no-flip-average", action="store_true",
+                   help="one pass per slice instead of averaging it with its mirror image (half the time, ~0.4 dB "
+                        "lower on the held-out test set)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_reparam)
 
