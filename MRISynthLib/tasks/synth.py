@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..catalog import ModelCard, get_card, load_network, shipped_models
 from ..data.io import Volume
 from ..device import resolve_device
-from ..models.quantitative import QuantConfig, QuantNet, effective_maps, refine_fractions, stack_inputs
+from ..models.quantitative import QuantConfig, QuantNet, effective_maps, flip_averaged, refine_fractions, stack_inputs
 from ..physics.signal import SequenceParams
 from . import Cancelled, check_image_array
 
@@ -99,14 +99,17 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
                   device=None, batch_size: int = 8, progress: bool = False, use_cache: bool = True,
                   refine: bool = True, refine_lam: float = 1e-2,
                   cancel: Optional[Callable[[], bool]] = None,
-                  progress_callback: Optional[Callable[[float], None]] = None) -> MapEstimate:
+                  progress_callback: Optional[Callable[[float], None]] = None,
+                  flip_average: bool = True) -> MapEstimate:
     """Estimate compartment maps from one or more co-registered inputs.
 
     ``inputs``: an array/:class:`Volume` or a list of them (same shape; 2D or 3D with
     slices along axis 0); ``acquisitions``: a :class:`SequenceParams` (or a list, one per
     input). ``refine``: data-consistency refinement of the fractions against the first
-    input (:func:`MRISynthLib.models.quantitative.refine_fractions`). Inputs are never
-    modified.
+    input (:func:`MRISynthLib.models.quantitative.refine_fractions`). ``flip_average``:
+    average each slice's estimate with that of its mirror image
+    (:func:`MRISynthLib.models.quantitative.flip_averaged`; twice the network's work).
+    Inputs are never modified.
     """
     ims = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     seqs = [_as_seq(s) for s in (acquisitions if isinstance(acquisitions, (list, tuple)) else [acquisitions])]
@@ -125,7 +128,7 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     M = net.cfg.n_inputs
     if len(arrs) > M:
         raise ValueError(f"this model takes at most {M} input images")
-    key = _key(arrs, seqs, f"{card_key}{dev}{refine}{refine_lam}") if use_cache else None
+    key = _key(arrs, seqs, f"{card_key}{dev}{refine}{refine_lam}{flip_average}") if use_cache else None
     if key is not None and key in _ESTIMATE_CACHE:
         _ESTIMATE_CACHE.move_to_end(key)
         return _ESTIMATE_CACHE[key]
@@ -151,7 +154,8 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
             xt = torch.from_numpy(x).to(dev)
             if (H, W) != (NET_SIZE, NET_SIZE):
                 xt = F.interpolate(xt, size=(NET_SIZE, NET_SIZE), mode="bilinear", align_corners=False, antialias=True)
-            q = net(xt, torch.from_numpy(acq).to(dev))
+            at = torch.from_numpy(acq).to(dev)
+            q = flip_averaged(net, xt, at) if flip_average else net(xt, at)
             if refine:
                 q = refine_fractions(q, xt[:, 0], seqs[0], refine_lam)
             p = q.p
