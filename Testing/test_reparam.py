@@ -90,6 +90,56 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
         torch.testing.assert_close(cont.paramnet.state_dict()[k], v)
 
 
+def test_continuous_pairs_render_like_the_file_and_keep_away_from_the_test_pairs(tmp_path):
+    from test_simulate_cli import toy_phantom
+
+    from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset, sample_te_tr
+    from MRISynthLib.training.reparam import ContinuousPairs, PaperData
+
+    p = make_paper_dataset(tmp_path / "d.h5", ProtocolConfig(n_pairs=20, n_slices=6, size=64, seed=1),
+                           progress=False, phantom=toy_phantom())
+    data = PaperData(p)
+    c = ContinuousPairs(data, p, phantom=toy_phantom())
+    # on the fly, at the file's own training pairs: the file's 8-bit images, exactly
+    pairs, sl = data.train_pairs[:6], np.arange(6) % len(data.train_slices)
+    np.testing.assert_array_equal(c.render_u8(sl, data.te[pairs], data.tr[pairs]),
+                                  data.targets[pairs, data.train_slices[sl]])
+    np.testing.assert_array_equal(c.render_u8(sl[:2], [data.default_te] * 2, [data.default_tr] * 2),
+                                  data.defaults[0, data.train_slices[sl[:2]]])
+    # the box around each held-out pair: 5 % in TE and 0.1 s in TR
+    te0, tr0 = data.te[data.test_pairs], data.tr[data.test_pairs]
+    assert c.near_test(te0, tr0).all() and c.near_test(te0 * 1.04, tr0 + 0.09).all()
+    assert not c.near_test(te0 * 1.06, tr0).any() and not c.near_test(te0, tr0 + 0.11).any()
+    te, tr = c.draw(np.random.default_rng(0), 3000)
+    assert len(te) == 3000 and not c.near_test(te, tr).any() and np.all(te < tr)
+    a, b = sample_te_tr(3000, np.random.default_rng(0))
+    assert 0 < c.near_test(a, b).mean() < 0.05   # the boxes exclude something, and little
+    # batches: the same interface as the file's, fresh parameters every time
+    rng = np.random.default_rng(1)
+    for mode, n_params in (("d2p", 4), ("p2p", 8)):
+        x, prm, y = c.batch(mode, rng, 5)
+        assert x.shape == y.shape == (5, 1, 64, 64) and prm.shape == (5, n_params)
+        assert torch.allclose(y.flatten(1).amax(1), torch.ones(5)) and y.min() >= -1
+    assert not torch.equal(c.batch("d2p", rng, 5)[1], c.batch("d2p", rng, 5)[1])
+    q = make_paper_dataset(tmp_path / "j.h5", ProtocolConfig(n_pairs=4, n_slices=6, size=32, jitter=True),
+                           progress=False, phantom=toy_phantom())
+    with pytest.raises(ValueError, match="noise-free"):
+        ContinuousPairs(PaperData(q), q, phantom=toy_phantom())
+
+
+def test_flip_average_is_mirror_equivariant(tiny_p2p):
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 100, (2, 48, 40)).astype(np.float32)
+    args = (0.05, 4.5, 0.1, 3.0)
+    avg = reparameterize(img, *args, model=tiny_p2p)
+    np.testing.assert_allclose(reparameterize(img[:, :, ::-1].copy(), *args, model=tiny_p2p)[:, :, ::-1], avg,
+                               rtol=1e-4, atol=1e-3)
+    one = reparameterize(img, *args, model=tiny_p2p, flip_average=False)
+    mirrored = reparameterize(img[:, :, ::-1].copy(), *args, model=tiny_p2p, flip_average=False)[:, :, ::-1]
+    assert np.abs(one - mirrored).max() > 1e-2          # a single pass is not
+    np.testing.assert_allclose(avg, 0.5 * (one + mirrored), rtol=1e-4, atol=1e-3)
+
+
 def test_bf16_training_runs_the_convolutions_in_bf16_and_lowers_the_loss(tmp_path):
     from test_simulate_cli import toy_phantom
 
@@ -288,7 +338,7 @@ def test_cli_reparam_on_a_volume_png_and_dicom(tmp_path, capsys):
     png = tmp_path / "in.png"
     Image.fromarray(io.to_uint8(img[1])).save(png)
     assert main(["reparam", "-i", str(png), "--input-te", "0.05", "--input-tr", "4.5", "--te", "0.02",
-                 "--tr", "1.5", "-o", str(tmp_path / "out.png"), "--quiet"]) == 0
+                 "--tr", "1.5", "-o", str(tmp_path / "out.png"), "--quiet", "--no-flip-average"]) == 0
     o = np.asarray(Image.open(tmp_path / "out.png"))
     assert o.shape == img[1].shape and o.dtype == np.uint8
     # DICOM: input TE/TR come from the header

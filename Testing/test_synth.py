@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from MRISynthLib.models.quantitative import (P_MAX, T1_RANGE, T2_RANGE, QuantConfig, QuantMaps, QuantNet,
-                                             effective_maps, encode_acquisition, refine_fractions, render,
-                                             stack_inputs)
+                                             effective_maps, encode_acquisition, flip_averaged, refine_fractions,
+                                             render, stack_inputs)
 from MRISynthLib.physics.phantoms import Phantom
 from MRISynthLib.physics.signal import PRESETS, SequenceParams
 from MRISynthLib.physics.tissues import get_table
@@ -172,12 +172,38 @@ def test_estimate_cache_render_and_maps(rng):
     big = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], size=(256, 256), mode="bilinear",
                                           align_corners=False, antialias=True)[0, 0].numpy()
     big = big / big.max()
-    est = synth_task.estimate_maps(big, seq, model=net, use_cache=False, refine=False)
+    est = synth_task.estimate_maps(big, seq, model=net, use_cache=False, refine=False, flip_average=False)
     x, a = stack_inputs([big], [seq], 2)
     with torch.no_grad():
         q = net(torch.from_numpy(x), torch.from_numpy(a))
         ref = render(q, PRESETS["T2w"])[0].numpy()
     np.testing.assert_allclose(est.render(PRESETS["T2w"]), ref, rtol=2e-3, atol=1e-5)
+
+
+def test_flip_averaged_estimate_is_mirror_equivariant(rng):
+    torch.manual_seed(0)
+    net = QuantNet(TINY).eval()
+    seq = SequenceParams("se", 0.05, 4.5)
+    x, a = stack_inputs([rng.uniform(0, 1, (2, 32, 24)).astype(np.float32)], [seq], 2)
+    x, a = torch.from_numpy(x), torch.from_numpy(a)
+    with torch.no_grad():
+        q, qm = flip_averaged(net, x, a), flip_averaged(net, x.flip(-1), a)
+        one, mir = net(x, a), net(x.flip(-1), a)
+    torch.testing.assert_close(qm.p.flip(-1), q.p, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(qm.t1, q.t1)
+    # the fractions are the mean of the two passes' probabilities; times the geometric mean
+    ref = 0.5 * (torch.softmax(one.logits, 1) + torch.softmax(mir.logits, 1).flip(-1))
+    torch.testing.assert_close(torch.exp(q.logits), ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(q.t2, torch.sqrt(one.t2 * mir.t2))
+    assert (q.t2s <= q.t2 + 1e-7).all() and (q.t2 <= q.t1 + 1e-7).all()
+    assert (one.p.flip(-1) - mir.p).abs().max() > 1e-4      # one pass alone is not equivariant
+    # the task function, refinement included, with and without averaging
+    vol = rng.uniform(0, 50, (2, 24, 20)).astype(np.float32)
+    e = synth_task.estimate_maps(vol, seq, model=net, use_cache=False)
+    em = synth_task.estimate_maps(vol[:, :, ::-1].copy(), seq, model=net, use_cache=False)
+    np.testing.assert_allclose(em.render(PRESETS["T2w"])[:, :, ::-1], e.render(PRESETS["T2w"]), rtol=1e-3, atol=1e-4)
+    e1 = synth_task.estimate_maps(vol, seq, model=net, use_cache=False, flip_average=False)
+    assert np.abs(e1.render(PRESETS["T2w"]) - e.render(PRESETS["T2w"])).max() > 1e-4
 
 
 def test_estimate_rejects_bad_input():
