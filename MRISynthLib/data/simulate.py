@@ -148,7 +148,8 @@ def normalize_8bit(imgs: np.ndarray):
     return u8, scale
 
 
-def _load_phantom(cfg: ProtocolConfig) -> Phantom:
+def protocol_phantom(cfg: ProtocolConfig) -> Phantom:
+    """The phantom (with its tissue table) that a paper-protocol config names."""
     if cfg.phantom == "brainweb":
         return brainweb_phantom(voxel_mm=cfg.voxel_mm, table=cfg.table)
     if cfg.phantom == "mni152":
@@ -165,7 +166,7 @@ def make_paper_dataset(path, cfg: ProtocolConfig = None, progress: bool = True, 
     """Generate the paper-protocol data set into ``path`` (HDF5, written atomically)."""
     cfg = cfg or ProtocolConfig()
     rng = np.random.default_rng(cfg.seed)
-    ph = phantom if phantom is not None else _load_phantom(cfg)
+    ph = phantom if phantom is not None else protocol_phantom(cfg)
     zs = brain_slices(ph, cfg.n_slices)
     slice_is_test = is_test_slice(len(zs), cfg)
     if cfg.extra_train_slices:

@@ -108,7 +108,7 @@ class ContinuousPairs:
         import h5py
         import json
 
-        from ..data.simulate import _load_phantom, ProtocolConfig, resize_slices
+        from ..data.simulate import ProtocolConfig, protocol_phantom, resize_slices
 
         with h5py.File(path, "r") as f:
             cfg = ProtocolConfig(**json.loads(f.attrs["config"]))
@@ -116,7 +116,7 @@ class ContinuousPairs:
             raise ValueError("continuous pairs need a noise-free, unjittered paper-protocol file")
         self.data, self.cfg = data, cfg
         self.exclude_te, self.exclude_tr = float(exclude_te), float(exclude_tr)
-        ph = phantom if phantom is not None else _load_phantom(cfg)
+        ph = phantom if phantom is not None else protocol_phantom(cfg)
         self.lut = ph.table.lookup(ph.fractions.shape[0])
         zs = data.slice_z[data.train_slices]
         frac = np.ascontiguousarray(ph.fractions[:, zs].transpose(1, 0, 2, 3))
