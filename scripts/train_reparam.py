@@ -117,11 +117,11 @@ def main():
                              else "Param-to-Param: input at any TE/TR") + f", {a.widths} widths",
                 training={"data": "paper protocol on BrainWeb (MRiLab table, 2 mm grid -> 256x256, 8-bit), "
                                   f"{len(data.te)} (TE,TR) pairs x {len(data.slice_z)} slices; "
-                                  + (f"training images at continuous (TE, TR) drawn like the file's pairs, "
-                                     f"rendered on the fly; no draw within {train_data.exclude_te:.0%} in TE and "
-                                     f"{train_data.exclude_tr:g} s in TR of a held-out pair"
-                                     if a.continuous_pairs else f"{len(data.train_pairs)} train pairs")
-                                  + f" x {len(data.train_slices)} train slices"
+                                  + (f"{len(data.train_slices)} train slices rendered on the fly at continuous "
+                                     "(TE, TR) drawn like the file's pairs, none within "
+                                     f"{train_data.exclude_te:.0%} in TE and {train_data.exclude_tr:g} s in TR of a "
+                                     "held-out pair" if a.continuous_pairs
+                                     else f"{len(data.train_pairs)} train pairs x {len(data.train_slices)} train slices")
                                   + ("; the slices beyond the paper's 24 are training-only, away from the "
                                      "held-out ones" if len(data.slice_z) > 24 else ""),
                           "autoencoder_pretraining": "BrainWeb spin-echo images with randomised tissues + 150 "
