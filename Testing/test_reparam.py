@@ -333,6 +333,16 @@ def test_cli_reparam_on_a_volume_png_and_dicom(tmp_path, capsys):
         r = io.read_volume(out)
         assert r.array.shape == img.shape and r.spacing == vol.spacing and r.origin == vol.origin
         assert np.isfinite(r.array).all() and r.array.max() > 0
+        # what the task function gives, flip-averaged by default, one pass with --no-flip-average
+        ref = reparameterize(img.astype(np.float32), 0.05, 4.5, 0.1, 2.0, model=model, device="cpu")
+        np.testing.assert_allclose(r.array, ref, rtol=1e-4, atol=1e-3)
+        assert main(["reparam", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--te", "0.1",
+                     "--tr", "2.0", "-o", str(out), "--model", model, "--quiet", "--device", "cpu",
+                     "--no-flip-average"]) == 0
+        one = reparameterize(img.astype(np.float32), 0.05, 4.5, 0.1, 2.0, model=model, device="cpu",
+                             flip_average=False)
+        np.testing.assert_allclose(io.read_volume(out).array, one, rtol=1e-4, atol=1e-3)
+        assert np.abs(one - ref).max() > 1e-2
     assert src.read_bytes() == before
     # 2D PNG in, PNG out in the 8-bit display range
     png = tmp_path / "in.png"

@@ -272,6 +272,16 @@ def test_cli_synth_with_the_shipped_model_writes_image_and_maps(tmp_path):
     t1 = io.read_volume(tmp_path / "flair_t1.nrrd").array
     assert T1_RANGE[0] * 0.99 <= t1[t1 > 0].min() and t1.max() <= T1_RANGE[1] * 1.01
     assert src.read_bytes() == before
+    # the CLI renders what the task function gives, flip-averaged by default or in one pass
+    got = []
+    for flag in ((), ("--no-flip-average",)):
+        assert main(["synth", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--preset", "T2w",
+                     "-o", str(tmp_path / "t2w.nrrd"), "--quiet", "--device", "cpu", *flag]) == 0
+        ref = synth_task.estimate_maps(img.astype(np.float32), SequenceParams("se", 0.05, 4.5), device="cpu",
+                                       flip_average=not flag).render(PRESETS["T2w"])
+        got.append(io.read_volume(tmp_path / "t2w.nrrd").array)
+        np.testing.assert_allclose(got[-1], ref, rtol=1e-4, atol=1e-6)
+    assert np.abs(got[0] - got[1]).max() > 1e-3 * got[0].max()
     # a 2D PNG in, a PNG out; bad parameters fail cleanly
     png = io.write_volume(io.Volume(np.round(img[1] / img[1].max() * 255).astype(np.uint8)), tmp_path / "in.png")
     assert main(["synth", "-i", str(png), "--input-te", "0.05", "--input-tr", "4.5", "--sequence", "se",
