@@ -18,7 +18,7 @@ mean +/- standard deviation over the test images, for
 
 beside the paper's Table 1 and the targets; then both models on the same held-out pairs
 but 5 training slices (how much of the error is unseen anatomy) and on the held-out slices at
-40 training pairs (how much is unseen parameters); then CPU (and CUDA, when present) speed per
+40 training pairs (how much is unseen parameters, or easier pairs); then CPU (and CUDA, when present) speed per
 256x256 slice and per 256x256x180 volume (both ways), and writes an example figure.
 """
 import argparse
@@ -183,8 +183,8 @@ def main():
         print(f"  {mode.upper()}: {gap[mode]['psnr_mean']:.2f} +/- {gap[mode]['psnr_std']:.2f} dB "
               f"(held-out slices {results[mode]['psnr_mean']:.2f}): unseen anatomy costs "
               f"{gap[mode]['psnr_mean'] - results[mode]['psnr_mean']:.2f} dB")
-    print(f"The held-out slices at {len(tr_p)} of the data file's training (TE, TR) pairs (for models trained "
-          "on the file's pairs: what unseen pairs cost):")
+    print(f"The held-out slices at {len(tr_p)} of the data file's training (TE, TR) pairs (what unseen pairs "
+          "cost, or what the two sets of pairs differ in difficulty: this does not separate the two):")
     for mode in ("d2p", "p2p"):
         print(f"  {mode.upper()}: {pair_gap[mode]['psnr_mean']:.2f} +/- {pair_gap[mode]['psnr_std']:.2f} dB "
               f"(held-out pairs {results[mode]['psnr_mean']:.2f}): "
