@@ -83,8 +83,8 @@ def reparameterize(volume: Union[np.ndarray, Volume], input_te: float, input_tr:
     id, or a :class:`ReparamModel`. The input is never modified. ``cancel`` is polled
     between batches (return True to stop: raises :class:`Cancelled`). ``flip_average``:
     average the prediction of each slice with that of its mirror image (left-right, the
-    last axis; the models were trained with random mirroring): twice the compute, +0.45 dB
-    (D2P) and +0.51 dB (P2P) on the held-out test set (``scripts/bench_reparam.py``).
+    last axis; the models were trained with random mirroring): twice the compute, +0.4 dB
+    (D2P) and +0.5 dB (P2P) on the held-out test set (``scripts/bench_reparam.py``).
     """
     validate_times(input_te, input_tr)
     validate_times(target_te, target_tr)
