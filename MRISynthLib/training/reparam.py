@@ -94,7 +94,7 @@ class ContinuousPairs:
     The paper-protocol file holds 160 training (TE, TR) pairs; a network trained on them
     sees the parameter plane at 160 points only (D2P scored 0.8 dB better at 40 of them
     than at the held-out pairs, on the same held-out slices; after training on continuous
-    pairs still 0.77 dB, so part of that is the two pair sets' difficulty). Here each training target
+    pairs still 0.77 dB: it may be partly the two pair sets' difficulty). Here each training target
     (and each P2P input that is not the default acquisition) is rendered on the fly at a
     new (TE, TR) drawn like the file's pairs (:func:`sample_te_tr`), from the same training
     slices, phantom, tissue table, grid, resize and 8-bit display normalisation as the file
