@@ -290,3 +290,12 @@ def test_cli_synth_with_the_shipped_model_writes_image_and_maps(tmp_path):
     assert main(["synth", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--sequence", "se",
                  "--te", "3", "--tr", "2", "-o", str(tmp_path / "bad.nrrd")]) == 2
     assert not (tmp_path / "bad.nrrd").exists()
+
+
+def test_exported_card_records_the_training_seed(tmp_path, monkeypatch):
+    from MRISynthLib import catalog
+
+    monkeypatch.setattr(catalog, "MODELS_DIR", tmp_path)
+    card = synth_task.export_model(QuantNet(TINY), "q", QuantTrainConfig(steps=3, seed=7))
+    assert card.training["seed"] == 7 and card.training["steps"] == 3
+    assert (tmp_path / "q.safetensors").exists() and (tmp_path / "catalog.json").exists()

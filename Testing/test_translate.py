@@ -359,3 +359,13 @@ def test_training_with_clean_targets_from_given_generators(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         tr.train_cyclegan(cfg, tmp_path / "c", tc, domains=(fa, fb), frame_pair=pair, progress=False,
                           init_generators={"g_ab.nope": torch.zeros(1)})
+
+
+def test_exported_card_records_the_training_seed(tmp_path, monkeypatch):
+    from MRISynthLib import catalog
+    from MRISynthLib.tasks.translate import export_model
+
+    monkeypatch.setattr(catalog, "MODELS_DIR", tmp_path)
+    card = export_model(Generators(CycleGANConfig(size=32, ngf=4)), "t", tr.CycleTrainConfig(steps=3, seed=7))
+    assert card.training["seed"] == 7 and card.training["steps"] == 3
+    assert (tmp_path / "t.safetensors").exists() and (tmp_path / "catalog.json").exists()

@@ -75,6 +75,7 @@ def main():
             training={"data": f"{a.data}: train split ({int((data.split == 'train').sum())} series, "
                               f"{data.images.shape[1]} frames, {data.images.shape[2]}x{data.images.shape[3]})",
                       "accelerations": a.accels, "loss": a.loss, "schedule": a.schedule, "steps": a.steps,
+                      "seed": a.seed,
                       "batch": a.batch, "crop": a.crop, "lr": a.lr, "weight_decay": a.weight_decay,
                       "device": "cpu"},
             description=(f"Cine cascade: {a.stages} x (3D CNN, width {a.width}, depth {a.depth}) + "

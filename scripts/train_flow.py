@@ -66,7 +66,7 @@ def main():
                      "flow-prior reconstruction as in seed 004; SIAT complex head slices and BrainWeb",
             training={"data": f"SIAT slices 0-149 magnitude + {a.brainweb} BrainWeb spin-echo slices, "
                               f"{FLOW_SIZE[0]}x{FLOW_SIZE[1]}, {a.bits}-bit", "bits": a.bits, "size": list(FLOW_SIZE),
-                      "steps": a.steps, "batch": a.batch, "lr": a.lr, "device": "cpu",
+                      "steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed, "device": "cpu",
                       "val_bits_per_dim": round(bpd, 4)},
             description=f"Normalizing-flow image prior ({cfg.levels} levels x {cfg.steps} RQS coupling steps, "
                         f"{cfg.bins} bins) for {a.bits}-bit {FLOW_SIZE[0]}x{FLOW_SIZE[1]} magnitudes")

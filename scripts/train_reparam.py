@@ -121,12 +121,13 @@ def main():
                                      "(TE, TR) drawn like the file's pairs, none within "
                                      f"{train_data.exclude_te:.0%} in TE and {train_data.exclude_tr:g} s in TR of a "
                                      "held-out pair" if a.continuous_pairs
-                                     else f"{len(data.train_pairs)} train pairs x {len(data.train_slices)} train slices")
+                                     else f"{len(data.train_pairs)} train pairs x {len(data.train_slices)} "
+                                          "train slices")
                                   + ("; the slices beyond the paper's 24 are training-only, away from the "
                                      "held-out ones" if len(data.slice_z) > 24 else ""),
                           "autoencoder_pretraining": "BrainWeb spin-echo images with randomised tissues + 150 "
                                                      "SIAT magnitudes (Places-365 unavailable)",
-                          "steps": a.steps, "ae_steps": ae_steps, "batch": a.batch, "lr": a.lr,
+                          "steps": a.steps, "ae_steps": ae_steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
                           "progressive": f"{a.low_res_fraction:.0%} of steps at 128x128, then 256x256", "loss": "MSE", "optimizer": "Adam",
                           "augmentation": "left-right flips" + (", random rotation (+/-10 deg), scaling "
                                                                   "(0.9-1.1) and shift (+/-5 %)" if a.affine else ""),

@@ -108,6 +108,7 @@ def main():
                               + (f", {a.bits}-bit" if a.bits else ""),
                       "mask_kind": a.mask, "acceleration": a.accel,
                       **({"regime": "flow80x64"} if a.flow_regime else {}), "loss": a.loss, "steps": a.steps,
+                      "seed": a.seed,
                       "batch": a.batch, "lr": a.lr, "device": "cpu",
                       **({"precision": "bf16 autocast (denoisers)"} if a.precision == "bf16" else {}),
                       **({"augmentation": "every batch simulated afresh: new mask and noise, random global "

@@ -221,7 +221,8 @@ def export_model(net: QuantNet, model_id: str, tc=None, metrics: Optional[dict] 
                 "loss": "rendered-image L1 (SE/IR/GRE targets) + compartment-density L1 + log-relaxation "
                         "and scale MSE", "optimizer": "Adam, cosine schedule"}
     if tc is not None:
-        training.update({k: v for k, v in asdict(tc).items() if k in ("steps", "batch", "lr", "crop", "size")})
+        training.update({k: v for k, v in asdict(tc).items()
+                         if k in ("steps", "batch", "lr", "crop", "size", "seed")})
     extra = {"metrics": metrics} if metrics else {}
     return ship(model_id, "synth", net.cfg.to_dict(), net.state_dict(),
                 citation="MRISynth physics-informed synthesis; BrainWeb (Cocosco et al. 1997), MNI ICBM152 2009a "

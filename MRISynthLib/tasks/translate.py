@@ -66,7 +66,7 @@ def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict
 
         training.update({k: v for k, v in asdict(tc).items()
                          if k in ("steps", "warm_steps", "batch", "lr", "lam", "lam_id", "pool", "anatomies", "protocol",
-                                  "clean_targets")})
+                                  "clean_targets", "seed")})
         training["te_tr_ranges_s"] = PROTOCOLS[tc.protocol]
         if not tc.warm_steps:
             training.pop("warm_start")
