@@ -120,17 +120,23 @@ def main():
         oracle.append(normalize_8bit(resize_slices(img, cfg["size"]))[0])
     rows["analytic oracle (effective maps)"] = stats(np.stack(oracle), gts)
 
+    models = {mode: load_model(mode, "cpu") for mode in ("d2p", "p2p")}
+
+    def run(mode, bb, ss, aa, flip=True):
+        """8-bit predictions of the test split (bb, ss, aa): D2P from the default image,
+        P2P from the same slice at pair ``aa``."""
+        net = models[mode][0]
+        if mode == "d2p":
+            x = np.stack([d.default_image(b, s) for b, s in zip(bb, ss)])
+            return predict(net, mode, x, d.te[bb], d.tr[bb], flip_average=flip)
+        return predict(net, mode, d.targets[aa, ss], d.te[bb], d.tr[bb], d.te[aa], d.tr[aa], flip_average=flip)
+
     results, one_pass = {}, {}
     preds = {}
     for mode in ("d2p", "p2p"):
-        net, card = load_model(mode, "cpu")
+        card = models[mode][1]
         for flip in (True, False):
-            if mode == "d2p":
-                x = np.stack([d.default_image(b, s) for b, s in zip(bb, ss)])
-                pr = predict(net, mode, x, d.te[bb], d.tr[bb], flip_average=flip)
-            else:
-                x = d.targets[aa, ss]
-                pr = predict(net, mode, x, d.te[bb], d.tr[bb], d.te[aa], d.tr[aa], flip_average=flip)
+            pr = run(mode, bb, ss, aa, flip)
             if flip:
                 preds[mode] = pr
                 results[mode] = stats(pr, gts)
@@ -143,25 +149,15 @@ def main():
     # where the held-out error comes from: the same held-out pairs on training slices
     tr_s = d.train_slices[np.linspace(0, len(d.train_slices) - 1, len(S)).astype(int)]
     gap = {}
+    tb, ts, tg, ta = test_split(d, a.seed, slices=tr_s)
     for mode in ("d2p", "p2p"):
-        net, _ = load_model(mode, "cpu")
-        tb, ts, tg, ta = test_split(d, a.seed, slices=tr_s)
-        if mode == "d2p":
-            pr = predict(net, mode, np.stack([d.default_image(b, s) for b, s in zip(tb, ts)]), d.te[tb], d.tr[tb])
-        else:
-            pr = predict(net, mode, d.targets[ta, ts], d.te[tb], d.tr[tb], d.te[ta], d.tr[ta])
-        gap[mode] = stats(pr, tg)
+        gap[mode] = stats(run(mode, tb, ts, ta), tg)
     # ... and the held-out slices at 40 of the file's training pairs (unseen pairs' cost)
     tr_p = d.train_pairs[np.linspace(0, len(d.train_pairs) - 1, len(P)).astype(int)]
     pair_gap = {}
+    tb, ts, tg, ta = test_split(d, a.seed, pairs=tr_p)
     for mode in ("d2p", "p2p"):
-        net, _ = load_model(mode, "cpu")
-        tb, ts, tg, ta = test_split(d, a.seed, pairs=tr_p)
-        if mode == "d2p":
-            pr = predict(net, mode, np.stack([d.default_image(b, s) for b, s in zip(tb, ts)]), d.te[tb], d.tr[tb])
-        else:
-            pr = predict(net, mode, d.targets[ta, ts], d.te[tb], d.tr[tb], d.te[ta], d.tr[ta])
-        pair_gap[mode] = stats(pr, tg)
+        pair_gap[mode] = stats(run(mode, tb, ts, ta), tg)
 
     print(f"\nTest set: {len(P)} held-out (TE, TR) pairs x {len(S)} held-out slices = {len(bb)} images "
           f"(256x256, 8-bit; data {a.data})\n")
@@ -240,8 +236,7 @@ def main():
     if a.update_catalog:
         cards = catalog.load_catalog()
         for mode in ("d2p", "p2p"):
-            _, card = load_model(mode, "cpu")
-            c = cards[card.id]
+            c = cards[models[mode][1].id]
             c.metrics = {**results[mode], "test_set": f"{len(P)} held-out pairs x {len(S)} held-out slices",
                          "paper_psnr": PAPER[mode][0], "target_psnr": TARGET[mode],
                          "psnr_same_pairs_training_slices": gap[mode]["psnr_mean"],

@@ -182,18 +182,11 @@ def flip_averaged(net: "QuantNet", images: torch.Tensor, acq: torch.Tensor) -> Q
     (probabilities) and the receive bias are averaged per voxel, PD per compartment,
     relaxation times and the intensity scale geometrically (which keeps T2* <= T2 <= T1)."""
     q, m = net(images, acq), net(images.flip(-1), acq)
-
-    def mean(a, b):
-        return 0.5 * (a + (b.flip(-1) if b.dim() > 2 else b))
-
-    def gmean(a, b):
-        return torch.sqrt(a * b)
-
-    frac = mean(torch.softmax(q.logits, 1), torch.softmax(m.logits, 1))
-    bias, pd = mean(q.bias, m.bias), mean(q.pd, m.pd)
+    frac = 0.5 * (torch.softmax(q.logits, 1) + torch.softmax(m.logits, 1).flip(-1))
+    bias, pd = 0.5 * (q.bias + m.bias.flip(-1)), 0.5 * (q.pd + m.pd)
     p = bias[:, None] * pd[:, :, None, None] * frac[:, 1:]
-    return QuantMaps(p, gmean(q.t1, m.t1), gmean(q.t2, m.t2), gmean(q.t2s, m.t2s), gmean(q.g, m.g),
-                     torch.log(frac.clamp_min(1e-12)), pd, bias)
+    return QuantMaps(p, torch.sqrt(q.t1 * m.t1), torch.sqrt(q.t2 * m.t2), torch.sqrt(q.t2s * m.t2s),
+                     torch.sqrt(q.g * m.g), torch.log(frac.clamp_min(1e-12)), pd, bias)
 
 
 def refine_fractions(q: QuantMaps, image: torch.Tensor, seq: SequenceParams, lam: float = 1e-2) -> QuantMaps:
