@@ -7,7 +7,8 @@ import torch
 
 from MRISynthLib.models.cyclegan import (CycleGAN, CycleGANConfig, Generators, ImagePool, PatchDiscriminator,
                                          UNetGenerator, discriminator_loss, from_model_range, gan_loss,
-                                         generator_losses, intensity_scale, to_model_range)
+                                         generator_losses, intensity_scale, mind, structure_loss,
+                                         to_model_range)
 from MRISynthLib.physics.phantoms import render_fractions
 from MRISynthLib.tasks import Cancelled
 from MRISynthLib.training import cyclegan as tr
@@ -157,6 +158,18 @@ def test_training_steps_lower_the_generator_loss_and_resume(tmp_path):
     st = torch.load(tmp_path / "cyclegan_ckpt.pt", weights_only=False)
     assert st["step"] == 62 and st["pool_a"].shape == (50, 1, 32, 32)   # the fake-image history is kept
     assert len(np.genfromtxt(tmp_path / "cyclegan_loss.csv", delimiter=",", names=True)) == 62
+    # with the structure loss: its parts are logged; a log from before they existed keeps its columns
+    tc3 = tr.CycleTrainConfig(steps=2, lr=2e-3, load_size=36, frame_every=1000, threads=1, lam_struct=1.0)
+    tr.train_cyclegan(cfg, tmp_path / "s", tc3, domains=(fa, fb), frame_pair=pair, progress=False)
+    rows = np.genfromtxt(tmp_path / "s" / "cyclegan_loss.csv", delimiter=",", names=True)
+    assert (rows["struct_a"] > 0).all() and (rows["struct_b"] > 0).all()
+    log = tmp_path / "cyclegan_loss.csv"
+    old = [line.split(",") for line in log.read_text().splitlines()]
+    log.write_text("\n".join(",".join(r[:9] + r[11:]) for r in old) + "\n")   # drop the struct columns
+    tc4 = tr.CycleTrainConfig(steps=64, lr=2e-3, load_size=36, ckpt_every=30, frame_every=1000, threads=1)
+    tr.train_cyclegan(cfg, tmp_path, tc4, domains=(fa, fb), frame_pair=pair, progress=False)
+    rows = np.genfromtxt(log, delimiter=",", names=True)
+    assert len(rows) == 64 and "struct_a" not in rows.dtype.names and np.isfinite(rows["d_a"][-2:]).all()
 
 
 def test_protocols_set_the_acquisitions_of_training_images_and_test_pairs(monkeypatch):
@@ -325,6 +338,47 @@ def test_clean_targets_replace_the_cycle_and_identity_targets():
     assert parts["cycle_b"].item() == pytest.approx(10 * (0.25 * b - cb).abs().mean().item(), rel=1e-5)
     assert parts["id_a"].item() == pytest.approx(5 * (0.5 * a - ca).abs().mean().item(), rel=1e-5)
     assert torch.equal(fb, 0.5 * a) and torch.equal(fa, 0.5 * b)      # the generators still get the noisy inputs
+
+
+def test_mind_ignores_contrast_and_sees_structure():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 72, 72, generator=g), 9, 1)   # smooth texture, 64 x 64
+    m = mind(x, eps=0.0)
+    assert m.shape == (1, 8, 64, 64) and torch.allclose(m.amax(1), torch.ones(1, 64, 64))
+    # with eps = 0 it is blind to any affine change of contrast, inversion included
+    for a, b in ((3.0, 0.5), (-1.0, 0.0), (-0.2, 1.0)):
+        assert torch.allclose(mind(a * x + b, eps=0.0), m, atol=1e-5)
+    # but not to moving the structure (a 2-pixel shift) or to other structure
+    shifted = torch.roll(x, 2, -1)
+    assert structure_loss(shifted, x) > 20 * structure_loss(-x, x)
+    assert structure_loss(torch.rand(1, 1, 64, 64, generator=g), x) > 0.1
+    # a two-tissue image: inverting its contrast keeps the descriptor, a blurred edge does not
+    step = -torch.ones(1, 1, 32, 32)
+    step[..., 16:] = 0.6
+    assert structure_loss(-step, step) < 1e-6
+    assert structure_loss(-0.5 * step, step) < 1e-3      # eps: a weaker edge counts a little less
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(step, (3, 3, 3, 3), mode="replicate"), 7, 1)
+    assert structure_loss(blurred, step) > 20 * structure_loss(-0.5 * step, step)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        mind(torch.zeros(2, 3, 8, 8))
+
+
+def test_structure_loss_term_compares_each_translation_with_its_clean_input():
+    net = CycleGAN(CycleGANConfig(size=32, ngf=4, ndf=4))
+    half = type("Half", (torch.nn.Module,), {"forward": lambda self, x: 0.5 * x})()
+    net.g_ab = net.g_ba = half
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    ca, cb = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    _, parts, _, _ = generator_losses(net, a, b, lam_id=0)
+    assert "struct_a" not in parts                               # off by default
+    total, parts, _, _ = generator_losses(net, a, b, clean_a=ca, clean_b=cb, lam_id=0, lam_struct=2.0)
+    assert parts["struct_a"].item() == pytest.approx(2 * structure_loss(0.5 * a, ca).item(), rel=1e-6)
+    assert parts["struct_b"].item() == pytest.approx(2 * structure_loss(0.5 * b, cb).item(), rel=1e-6)
+    assert total.item() == pytest.approx(sum(v.item() for v in parts.values()), rel=1e-6)
+    # and it trains: gradients reach a generator through it
+    gen = UNetGenerator(CycleGANConfig(size=32, ngf=4))
+    structure_loss(gen(a), ca).backward()
+    assert gen.down[0][0].weight.grad.abs().sum() > 0
 
 
 def test_random_image_with_clean_keeps_the_noisy_stream_and_drops_only_the_noise():

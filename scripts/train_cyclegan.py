@@ -60,6 +60,8 @@ def main():
                          "no checkpoint")
     ap.add_argument("--clean-targets", action="store_true",
                     help="discriminators' real images and cycle targets noise-free (generator inputs noisy)")
+    ap.add_argument("--lam-struct", type=float, default=0.0,
+                    help="weight of the MIND structure-consistency loss between each input and its translation")
     ap.add_argument("--ndf", type=int, default=None, help="discriminator width (default: the --width's)")
     ap.add_argument("--frame-every", type=int, default=500)
     ap.add_argument("--keep-every", type=int, default=0, metavar="N",
@@ -78,7 +80,8 @@ def main():
     tc = CycleTrainConfig(steps=a.steps, lr=a.lr, lam_id=a.lam_id, warm_steps=a.warm_steps,
                           load_size=round(a.size * 286 / 256), anatomies=tuple(a.anatomies.split(",")),
                           frame_every=a.frame_every, threads=a.threads, seed=a.seed, protocol=a.protocol,
-                          keep_every=a.keep_every, clean_targets=a.clean_targets)
+                          keep_every=a.keep_every, clean_targets=a.clean_targets,
+                          lam_struct=a.lam_struct)
     init_g, origin = None, None
     if a.init_generators and not (Path(a.out) / "cyclegan_ckpt.pt").exists():
         from MRISynthLib.tasks.translate import load_model

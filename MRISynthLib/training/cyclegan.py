@@ -26,7 +26,9 @@ fractions (axial slices on a 2 mm grid resized to 256 x 256):
   generators still get the noisy images, but the discriminators judge noise-free images as
   real and the cycle loss asks for the noise-free input back, so the generators learn to
   translate to noise-free images (the benchmark's references are noise-free) instead of
-  copying or inventing noise.
+  copying or inventing noise;
+* ``lam_struct``: the MIND structure-consistency loss of each translation against its
+  (noise-free, with ``clean_targets``) input (:func:`MRISynthLib.models.cyclegan.structure_loss`).
 
 Paired test slices (:func:`test_pairs`): the held-out slices rendered with both contrasts
 (TE/TR at the quartiles and middle of the ranges above, the nominal MRiLab and
@@ -70,7 +72,8 @@ PROTOCOLS = {  # name -> contrast -> (TE range, TR range) in seconds
 }
 TEST_SNR = 60.0
 JITTER = {"pd": 0.05, "t1": 0.10, "t2": 0.10, "t2star": 0.10}
-LOSS_PARTS = ("warm", "g", "gan_ab", "gan_ba", "cycle_a", "cycle_b", "id_a", "id_b", "d_a", "d_b")
+LOSS_PARTS = ("warm", "g", "gan_ab", "gan_ba", "cycle_a", "cycle_b", "id_a", "id_b", "struct_a", "struct_b",
+              "d_a", "d_b")
 
 
 @dataclass
@@ -92,6 +95,7 @@ class CycleTrainConfig:
     protocol: str = "standard"    # a key of PROTOCOLS: the TE/TR ranges of both domains
     keep_every: int = 0           # also keep a copy of the checkpoint every this many steps (snap_<step>.pt)
     clean_targets: bool = False   # discriminators' real images and cycle targets noise-free (inputs noisy)
+    lam_struct: float = 0.0       # weight of the MIND structure-consistency loss (0: off)
 
 
 def _ranges(contrast: str, protocol: str):
@@ -320,10 +324,14 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
 
     log_path = out_dir / "cyclegan_loss.csv"
     new_log = not log_path.exists() or log_path.stat().st_size == 0
+    columns = list(LOSS_PARTS)
+    if not new_log:   # a resumed run keeps its log's columns (logs from before a loss part existed lack it)
+        with open(log_path, newline="") as f:
+            columns = [c for c in next(csv.reader(f))[1:] if c in LOSS_PARTS]
     log = open(log_path, "a", newline="")
     wr = csv.writer(log)
     if new_log:
-        wr.writerow(["step"] + list(LOSS_PARTS))
+        wr.writerow(["step"] + columns)
 
     def save(s):
         pools = {k: torch.cat(p.images) if p.images else None for k, p in (("pool_a", pool_a), ("pool_b", pool_b))}
@@ -358,7 +366,7 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
                     group["lr"] = lr_at(step)
             if step < tc.warm_steps:
                 w = _warm_step(net, opt_g, real_a, real_b)
-                wr.writerow([step] + [f"{w:.5g}" if k == "warm" else "nan" for k in LOSS_PARTS])
+                wr.writerow([step] + [f"{w:.5g}" if k == "warm" else "nan" for k in columns])
                 if (step + 1) % tc.ckpt_every == 0:
                     save(step + 1)
                 if (step + 1) % tc.frame_every == 0:
@@ -368,7 +376,7 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
             for p in net.discriminators():
                 p.requires_grad_(False)
             loss_g, parts, fake_a, fake_b = generator_losses(net, real_a, real_b, tc.lam, tc.lam_id,
-                                                             clean_a, clean_b)
+                                                             clean_a, clean_b, tc.lam_struct)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
@@ -384,7 +392,7 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
             opt_d.step()
             vals = {"g": loss_g.item(), "d_a": d_a.item(), "d_b": d_b.item(),
                     **{k: v.item() for k, v in parts.items()}}
-            wr.writerow([step] + [f"{vals.get(k, 0.0):.5g}" for k in LOSS_PARTS])
+            wr.writerow([step] + [f"{vals.get(k, 0.0):.5g}" for k in columns])
             if (step + 1) % tc.ckpt_every == 0:
                 save(step + 1)
                 log.flush()
