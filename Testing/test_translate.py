@@ -422,4 +422,7 @@ def test_exported_card_records_the_training_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(catalog, "MODELS_DIR", tmp_path)
     card = export_model(Generators(CycleGANConfig(size=32, ngf=4)), "t", tr.CycleTrainConfig(steps=3, seed=7))
     assert card.training["seed"] == 7 and card.training["steps"] == 3
+    assert card.training["lam_struct"] == 0.0 and "MIND" not in card.training["loss"]
     assert (tmp_path / "t.safetensors").exists() and (tmp_path / "catalog.json").exists()
+    card = export_model(Generators(CycleGANConfig(size=32, ngf=4)), "s", tr.CycleTrainConfig(lam_struct=5.0))
+    assert card.training["lam_struct"] == 5.0 and "MIND structure consistency" in card.training["loss"]

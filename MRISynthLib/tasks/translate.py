@@ -66,13 +66,15 @@ def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict
 
         training.update({k: v for k, v in asdict(tc).items()
                          if k in ("steps", "warm_steps", "batch", "lr", "lam", "lam_id", "pool", "anatomies", "protocol",
-                                  "clean_targets", "seed")})
+                                  "clean_targets", "seed", "lam_struct")})
         training["te_tr_ranges_s"] = PROTOCOLS[tc.protocol]
         if not tc.warm_steps:
             training.pop("warm_start")
         if tc.clean_targets:
             training["loss"] += ("; noisy inputs, noise-free images as the discriminators' reals and as the cycle "
                                  "targets")
+        if tc.lam_struct:
+            training["loss"] += " + MIND structure consistency of input and translation x lam_struct"
     training.update(training_extra)
     sd = net.generator_state_dict() if hasattr(net, "generator_state_dict") else net.state_dict()
     extra = {"metrics": metrics} if metrics else {}
