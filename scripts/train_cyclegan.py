@@ -13,6 +13,15 @@
     python scripts/train_cyclegan.py --out runs/cyclegan_clean2 --init-from runs/cyclegan_clean/snap_9000.pt \
         --ndf 32 --clean-targets --steps 13000 --lr 1e-4 --lam-id 0 --keep-every 1000 \
         --export translate-cyclegan-cpu --export-from runs/cyclegan_clean2/snap_12000.pt
+    python scripts/train_cyclegan.py --out runs/cyclegan_struct --init-generators translate-cyclegan-cpu --ndf 32 \
+        --clean-targets --lam-struct 5 --steps 6000 --lr 1e-4 --lam-id 0 --keep-every 1000 --seed 5
+    python scripts/train_cyclegan.py --out runs/cyclegan_struct2 --init-from runs/cyclegan_struct/snap_6000.pt \
+        --ndf 32 --clean-targets --lam-struct 5 --steps 10000 --lr 1e-4 --lam-id 0 --keep-every 1000 --seed 6
+    python scripts/train_cyclegan.py --out runs/cyclegan_struct3 --init-from runs/cyclegan_struct2/snap_10000.pt \
+        --ndf 32 --clean-targets --lam-struct 5 --steps 13000 --lr 5e-5 --lam-id 0 --keep-every 1000 --seed 7
+    python scripts/train_cyclegan.py --out runs/cyclegan_struct2 --init-from runs/cyclegan_struct/snap_6000.pt \
+        --ndf 32 --clean-targets --lam-struct 5 --steps 10000 --lr 1e-4 --lam-id 0 --keep-every 1000 --seed 6 \
+        --export translate-cyclegan-cpu --export-from runs/cyclegan_struct2/snap_10000.pt
 
 (the shipped model's commands: 600 warm-start steps, no identity loss, 5,500 steps on the
 wide TE/TR protocol resumed to 9,000, which resumes the linear decay at 78 % of the
@@ -20,7 +29,10 @@ learning rate, then continued on the standard protocol with the decay of a 16,00
 schedule; the step-15,000 snapshot, best on the validation slices, was shipped; then its
 generators were trained 9,000 more steps with noise-free targets (--clean-targets) against
 new ndf-32 discriminators, resumed to 13,000 at lr 1e-4, and the step-12,000 snapshot,
-best on validation, is shipped. With the
+best on validation, was shipped; then those generators were trained with the MIND
+structure-consistency loss (--lam-struct 5) against new ndf-32 discriminators, 6,000 steps
+resumed to 10,000, then to 13,000 at lr 5e-5, and the step-10,000 snapshot, best on
+validation, is shipped. With the
 seed's identity weight 0.5 the warm-started generators fell back to copying their input
 within 400 steps, and without the warm start they never left it in 2,000 steps on 2 CPU
 cores)
