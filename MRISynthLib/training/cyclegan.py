@@ -327,7 +327,7 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
     columns = list(LOSS_PARTS)
     if not new_log:   # a resumed run keeps its log's columns (logs from before a loss part existed lack it)
         with open(log_path, newline="") as f:
-            columns = [c for c in next(csv.reader(f))[1:] if c in LOSS_PARTS]
+            columns = next(csv.reader(f))[1:]
     log = open(log_path, "a", newline="")
     wr = csv.writer(log)
     if new_log:
@@ -392,7 +392,7 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
             opt_d.step()
             vals = {"g": loss_g.item(), "d_a": d_a.item(), "d_b": d_b.item(),
                     **{k: v.item() for k, v in parts.items()}}
-            wr.writerow([step] + [f"{vals.get(k, 0.0):.5g}" for k in columns])
+            wr.writerow([step] + [f"{vals.get(k, 0.0):.5g}" if k in LOSS_PARTS else "nan" for k in columns])
             if (step + 1) % tc.ckpt_every == 0:
                 save(step + 1)
                 log.flush()
