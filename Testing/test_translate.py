@@ -324,12 +324,17 @@ def test_shipped_model_and_cli_on_a_small_volume(tmp_path):
         main(["translate", "-i", str(src), "--direction", "flair", "-o", str(dst)])
 
 
-def test_clean_targets_replace_the_cycle_and_identity_targets():
+def _halving_cyclegan():
+    """A CycleGAN whose two generators halve their input, and random noisy inputs a, b with
+    noise-free versions ca, cb (2 x 1 x 32 x 32 each)."""
     net = CycleGAN(CycleGANConfig(size=32, ngf=4, ndf=4))
     half = type("Half", (torch.nn.Module,), {"forward": lambda self, x: 0.5 * x})()
     net.g_ab = net.g_ba = half
-    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
-    ca, cb = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    return net, [torch.rand(2, 1, 32, 32) for _ in range(4)]
+
+
+def test_clean_targets_replace_the_cycle_and_identity_targets():
+    net, (a, b, ca, cb) = _halving_cyclegan()
     _, plain, _, _ = generator_losses(net, a, b)
     _, same, _, _ = generator_losses(net, a, b, clean_a=a, clean_b=b)
     assert all(plain[k].item() == pytest.approx(same[k].item()) for k in plain)
@@ -364,11 +369,7 @@ def test_mind_ignores_contrast_and_sees_structure():
 
 
 def test_structure_loss_term_compares_each_translation_with_its_clean_input():
-    net = CycleGAN(CycleGANConfig(size=32, ngf=4, ndf=4))
-    half = type("Half", (torch.nn.Module,), {"forward": lambda self, x: 0.5 * x})()
-    net.g_ab = net.g_ba = half
-    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
-    ca, cb = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    net, (a, b, ca, cb) = _halving_cyclegan()
     _, parts, _, _ = generator_losses(net, a, b, lam_id=0)
     assert "struct_a" not in parts                               # off by default
     total, parts, _, _ = generator_losses(net, a, b, clean_a=ca, clean_b=cb, lam_id=0, lam_struct=2.0)
