@@ -189,57 +189,130 @@ def flip_averaged(net: "QuantNet", images: torch.Tensor, acq: torch.Tensor) -> Q
                      torch.sqrt(q.g * m.g), torch.log(frac.clamp_min(1e-12)), pd, bias)
 
 
-def refine_fractions(q: QuantMaps, image: torch.Tensor, seq: SequenceParams, lam: float = 1e-2) -> QuantMaps:
-    """Data-consistency refinement of the fractions against the first input image.
+REFINE_LAM, REFINE_ITERS, REFINE_EPS = 1e-3, 3, 1e-2   # chosen on validation slices (bench_synth.py)
 
-    The estimate must reproduce the image it came from: with the estimated compartment
-    intensities ``I_k = c g PD_k s(T1_k, T2_k, T2*_k; seq)`` the input is modelled as
-    ``I(x) = b(x) sum_k f_k(x) I_k``. In every voxel the two most likely classes (the
-    "no tissue" class included, ``I_0 = 0``) keep their joint fraction, and its split
-    ``t`` between them is the Tikhonov-regularised least-squares solution
 
-        t = argmin (b (I_a - I_b) t - r)^2 + lam (t - f_a)^2,  0 <= t <= f_a + f_b,
+def _fraction_update(f, base, scale, b, imgs, lam: float, eps: float, allowed=None):
+    """One weighted least-squares update of the fractions ``f`` (B, K+1, H, W) towards the
+    inputs ``imgs`` (B, M, H, W), whose model is ``scale_j b(x) sum_k f_k base_jk``
+    (``base`` (B, M, K+1), ``scale`` (B, M)): per voxel
 
-    with ``r`` the residual of the other classes: exact two-tissue partial volume where
-    the two intensities differ, the network's split where they do not (lam sets the
-    cross-over, in squared units of the normalised image). The intensity scale ``c``
-    corrects the network's ``g``: it is the value in [0.7, 1.4] (searched on a grid,
-    refined twice) that leaves the smallest residual after the split, since mixed voxels
-    can absorb a wrong scale but pure ones cannot. ``image`` (B, H, W) is the first input
-    as the network saw it (maximum 1), ``seq`` its acquisition.
+        min_f  lam sum_k (f_k - f~_k)^2 / (f~_k + eps) + sum_j (model_j(f) - image_j)^2,  sum_k f_k = sum_k f~_k,
+
+    solved in closed form (an M x M system), then clipped at 0 and renormalised. With
+    ``allowed`` (B, K+1, H, W) of 0/1 only those classes change (their sum is kept)."""
+    w = f + eps if allowed is None else (f + eps) * allowed
+    sw = w.sum(1)                                                               # (B, H, W)
+    mean = torch.einsum("bmk,bkhw->bmhw", base, w) / sw[:, None]                # weighted mean intensity
+    cb = scale[:, :, None, None] * b[:, None]                                   # (B, M, H, W)
+    e = imgs - cb * torch.einsum("bmk,bkhw->bmhw", base, f)                     # residuals
+    second = torch.einsum("bmk,bnk,bkhw->bmnhw", base, base, w)                 # sum_k w base_j base_l
+    gram = cb[:, :, None] * cb[:, None] * (second - sw[:, None, None] * mean[:, :, None] * mean[:, None])
+    M = imgs.shape[1]
+    if M == 1:
+        u = e / (1.0 + gram[:, 0] / lam)
+    else:   # (I + G / lam) u = e, in double precision (the 2 x 2 determinant cancels in float32)
+        gd, ed = gram.double() / lam, e.double()
+        if M == 2:
+            a, d, c = 1.0 + gd[:, 0, 0], 1.0 + gd[:, 1, 1], gd[:, 0, 1]
+            det = (a * d - c * c).clamp_min(1.0)                                 # det(I + PSD) >= 1
+            u = torch.stack([(d * ed[:, 0] - c * ed[:, 1]) / det, (a * ed[:, 1] - c * ed[:, 0]) / det], 1)
+        else:
+            mat = torch.eye(M, dtype=gd.dtype, device=gd.device) + gd.permute(0, 3, 4, 1, 2)
+            u = torch.linalg.solve(mat, ed.permute(0, 2, 3, 1)[..., None])[..., 0].permute(0, 3, 1, 2)
+        u = u.to(e.dtype)
+    # delta_k = w_k sum_j cb_j (base_jk - mean_j) u_j / lam
+    cu = cb * u                                                                 # (B, M, H, W)
+    delta = w * (torch.einsum("bmk,bmhw->bkhw", base, cu) - (mean * cu).sum(1, keepdim=True)) / lam
+    new = (f + delta).clamp_min(0.0)
+    if allowed is None:   # clipping changed the sum: rescale to the old one
+        return new * f.sum(1, keepdim=True) / new.sum(1, keepdim=True).clamp_min(1e-12)
+    before, after = (f * allowed).sum(1, keepdim=True), (new * allowed).sum(1, keepdim=True)
+    return new * (1 - allowed) + new * allowed * before / after.clamp_min(1e-12)   # the others stay as they were
+
+
+def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE_LAM, iters: int = REFINE_ITERS,
+                     eps: float = REFINE_EPS, top: Optional[int] = None) -> QuantMaps:
+    """Data-consistency refinement of the fractions against the input image(s).
+
+    The estimate must reproduce the images it came from: with the estimated compartment
+    intensities ``I_jk = c_j PD_k s(T1_k, T2_k, T2*_k; seq_j)`` input j is modelled as
+    ``I_j(x) = b(x) sum_k f_k(x) I_jk`` (``I_j0 = 0`` for the "no tissue" class). In every
+    voxel the fractions move from the network's ``f~`` to the solution of
+
+        min_f  lam sum_k (f_k - f~_k)^2 / (f~_k + eps) + sum_j (I_j(x; f) - image_j(x))^2
+
+    with their sum kept (closed form, an M x M solve per voxel; then clipped at 0 and
+    renormalised), ``iters`` times, each around the last result. The weights
+    ``1 / (f~_k + eps)`` let the classes present in a voxel take the correction (a few
+    per cent of CSF too many in a grey-matter voxel, a wrong two-tissue split) while
+    classes the network ruled out hardly move; with two inputs the two equations fix
+    three-tissue mixtures. ``lam`` (in squared units of the normalised image) and ``eps``
+    trade fidelity against the network's estimate: smaller values fit noise. ``top``: if
+    given, only the network's ``top`` most likely classes of each voxel may change (the
+    others cannot absorb part of the correction: better CSF maps, lower image scores on
+    validation, see ``scripts/tune_synth_refine.py``).
+
+    The first input's scale is ``c_0 = c g``, where ``c`` corrects the network's ``g``:
+    the value in [0.7, 1.4] (searched on a grid, refined once, then at the vertex of a
+    parabola through the best three) that leaves the smallest
+    residual after the update, since mixed voxels can absorb a wrong scale but pure ones
+    cannot. Every further input was normalised to its own maximum, so its scale ``c_j`` is
+    the least-squares fit of the estimate to it, re-fitted after every update. ``image``: (B, H, W) the first
+    input, or (B, M, H, W) the inputs, as the network saw them (maximum 1); ``seq``: the
+    acquisition, or a list of M acquisitions.
     """
     if q.logits is None:
         raise ValueError("refinement needs the network's fraction logits")
-    frac = torch.softmax(q.logits, 1)                                          # (B, K+1, H, W)
-    s = compartment_signals(q.t1, q.t2, q.t2s, seq)                            # (B, K)
-    base = torch.cat([torch.zeros_like(s[:, :1]), q.g[:, None] * q.pd * s], 1)  # (B, K+1)
-    top = frac.topk(2, dim=1).indices                                          # (B, 2, H, W)
-    ia0 = torch.gather(base[:, :, None, None].expand_as(frac), 1, top[:, :1])[:, 0]
-    ib0 = torch.gather(base[:, :, None, None].expand_as(frac), 1, top[:, 1:])[:, 0]
-    fa = torch.gather(frac, 1, top[:, :1])[:, 0]
-    fb = torch.gather(frac, 1, top[:, 1:])[:, 0]
+    imgs = image[:, None] if image.dim() == 3 else image                         # (B, M, H, W)
+    seqs = list(seq) if isinstance(seq, (list, tuple)) else [seq]
+    if len(seqs) != imgs.shape[1]:
+        raise ValueError(f"{imgs.shape[1]} input image(s) but {len(seqs)} acquisition(s)")
+    if lam <= 0 or eps <= 0 or iters < 1:
+        raise ValueError("refinement needs lam > 0, eps > 0 and iters >= 1")
+    f0 = torch.softmax(q.logits, 1)                                            # (B, K+1, H, W)
+    allowed = None
+    if top is not None:
+        if not 2 <= top <= f0.shape[1]:
+            raise ValueError(f"top must lie in [2, {f0.shape[1]}] (the classes a voxel's correction may use)")
+        allowed = torch.zeros_like(f0).scatter(1, f0.topk(top, dim=1).indices, 1.0)
     b = q.bias
-    rest0 = b * ((frac * base[:, :, None, None]).sum(1) - fa * ia0 - fb * ib0)
-    mass = fa + fb
+    base = torch.stack([torch.cat([torch.zeros_like(q.t1[:, :1]), q.pd * compartment_signals(q.t1, q.t2, q.t2s, sq)], 1)
+                        for sq in seqs], 1)                                    # (B, M, K+1)
+    def fit_scales(f):  # least-squares scale of each input's render (B, M)
+        model = b[:, None] * torch.einsum("bmk,bkhw->bmhw", base, f)
+        return (model * imgs).sum((-2, -1)) / (model * model).sum((-2, -1)).clamp_min(1e-12), model
 
-    def split(c):  # c (B,) -> t (B, H, W) and the per-image squared residual
-        c = c[:, None, None]
-        d = b * c * (ia0 - ib0)
-        r = image - c * rest0 - b * c * mass * ib0
-        t = torch.minimum(((d * r + lam * fa) / (d * d + lam)).clamp(min=0.0), mass)
-        return t, ((d * t - r) ** 2).sum((-2, -1))
+    fitted = fit_scales(f0)[0]
+
+    def solve(c, n):  # c (B,): the first input's scale correction
+        first, rest = (q.g * c)[:, None], fitted[:, 1:]
+        f = f0
+        for _ in range(n):
+            f = _fraction_update(f, base, torch.cat([first, rest], 1), b, imgs, lam, eps, allowed)
+            fit, model = fit_scales(f)
+            rest = fit[:, 1:]     # further inputs: their scales re-fitted to the updated fractions
+        res = imgs - torch.cat([first, rest], 1)[:, :, None, None] * model
+        return f, (res * res).sum((1, 2, 3))
 
     lo = torch.full_like(q.g, math.log(0.7))
     hi = torch.full_like(q.g, math.log(1.4))
-    for _ in range(3):
-        grid = torch.stack([lo + (hi - lo) * k / 40 for k in range(41)], 1)    # (B, 41)
-        err = torch.stack([split(torch.exp(grid[:, k]))[1] for k in range(41)], 1)
-        best = grid.gather(1, err.argmin(1, keepdim=True))[:, 0]
-        step = (hi - lo) / 40
+    for n_grid in (21, 11):
+        grid = torch.stack([lo + (hi - lo) * k / (n_grid - 1) for k in range(n_grid)], 1)    # (B, n)
+        err = torch.stack([solve(torch.exp(grid[:, k]), iters)[1] for k in range(n_grid)], 1)
+        k = err.argmin(1, keepdim=True)
+        best = grid.gather(1, k)[:, 0]
+        step = (hi - lo) / (n_grid - 1)
         lo, hi = best - step, best + step
-    c = torch.exp(best)
-    t, _ = split(c)
-    frac = frac.scatter(1, top, torch.stack([t, mass - t], 1))
+    # the vertex of the parabola through the last grid's minimum and its neighbours
+    e0, em, ep = err.gather(1, k)[:, 0], err.gather(1, (k - 1).clamp_min(0))[:, 0], \
+        err.gather(1, (k + 1).clamp_max(err.shape[1] - 1))[:, 0]
+    curv = ep - 2 * e0 + em
+    shift = torch.where(curv > 0, 0.5 * step * (em - ep) / curv.clamp_min(1e-30), torch.zeros_like(curv))
+    cand = best + shift.clamp(-step, step)
+    better = solve(torch.exp(cand), iters)[1] < e0
+    c = torch.exp(torch.where(better, cand, best))
+    frac, _ = solve(c, iters)
     p = b[:, None] * q.pd[:, :, None, None] * frac[:, 1:]
     return QuantMaps(p, q.t1, q.t2, q.t2s, q.g * c, torch.log(frac.clamp_min(1e-12)), q.pd, q.bias)
 

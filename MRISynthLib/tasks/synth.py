@@ -5,7 +5,7 @@ Two steps with a cache between them, so that a slider only re-renders:
 1. :func:`estimate_maps` runs the network (:mod:`MRISynthLib.models.quantitative`) once
    per input (each slice normalised to maximum 1 per input image, resized to 256 x 256,
    batched), refines the partial-volume fractions so that the estimate re-renders the
-   first input (data consistency), and returns a :class:`MapEstimate`: compartment density volumes at the input's
+   inputs (data consistency), and returns a :class:`MapEstimate`: compartment density volumes at the input's
    size, one T1/T2/T2* per compartment for the whole volume (the per-slice estimates
    averaged in log space, weighted by each compartment's mass in the slice), and the
    per-slice intensity scale folded into the densities. Estimates are cached per model,
@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from ..catalog import ModelCard, get_card, load_network, shipped_models
 from ..data.io import Volume
 from ..device import resolve_device
-from ..models.quantitative import QuantConfig, QuantNet, effective_maps, flip_averaged, refine_fractions, stack_inputs
+from ..models.quantitative import (REFINE_EPS, REFINE_ITERS, REFINE_LAM, QuantConfig, QuantNet, effective_maps, flip_averaged, refine_fractions,
+                                   stack_inputs)
 from ..physics.signal import SequenceParams
 from . import Cancelled, check_image_array
 
@@ -97,7 +98,8 @@ def _as_seq(x) -> SequenceParams:
 
 def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, model: Union[str, QuantNet, None] = None,
                   device=None, batch_size: int = 8, progress: bool = False, use_cache: bool = True,
-                  refine: bool = True, refine_lam: float = 1e-2,
+                  refine: bool = True, refine_lam: float = REFINE_LAM, refine_iters: int = REFINE_ITERS,
+                  refine_eps: float = REFINE_EPS, refine_top: Optional[int] = None,
                   cancel: Optional[Callable[[], bool]] = None,
                   progress_callback: Optional[Callable[[float], None]] = None,
                   flip_average: bool = True) -> MapEstimate:
@@ -105,8 +107,9 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
 
     ``inputs``: an array/:class:`Volume` or a list of them (same shape; 2D or 3D with
     slices along axis 0); ``acquisitions``: a :class:`SequenceParams` (or a list, one per
-    input). ``refine``: data-consistency refinement of the fractions against the first
-    input (:func:`MRISynthLib.models.quantitative.refine_fractions`). ``flip_average``:
+    input). ``refine``: data-consistency refinement of the fractions against the inputs
+    (:func:`MRISynthLib.models.quantitative.refine_fractions` with ``lam``, ``iters`` and
+    ``eps`` from ``refine_lam``, ``refine_iters`` and ``refine_eps``). ``flip_average``:
     average each slice's estimate with that of its mirror image
     (:func:`MRISynthLib.models.quantitative.flip_averaged`; twice the network's work).
     Inputs are never modified.
@@ -128,7 +131,8 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     M = net.cfg.n_inputs
     if len(arrs) > M:
         raise ValueError(f"this model takes at most {M} input images")
-    key = _key(arrs, seqs, f"{card_key}{dev}{refine}{refine_lam}{flip_average}") if use_cache else None
+    key = (_key(arrs, seqs, f"{card_key}{dev}{refine}{refine_lam}/{refine_iters}/{refine_eps}/{refine_top}{flip_average}")
+           if use_cache else None)
     if key is not None and key in _ESTIMATE_CACHE:
         _ESTIMATE_CACHE.move_to_end(key)
         return _ESTIMATE_CACHE[key]
@@ -157,7 +161,7 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
             at = torch.from_numpy(acq).to(dev)
             q = flip_averaged(net, xt, at) if flip_average else net(xt, at)
             if refine:
-                q = refine_fractions(q, xt[:, 0], seqs[0], refine_lam)
+                q = refine_fractions(q, xt[:, :len(seqs)], seqs, refine_lam, refine_iters, refine_eps, refine_top)
             p = q.p
             if (H, W) != (NET_SIZE, NET_SIZE):
                 p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False, antialias=True).clamp_min(0)
