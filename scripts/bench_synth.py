@@ -152,11 +152,11 @@ def main():
     print(f"{'method':58s} {'PSNR dB (0-255)':>18s} {'MAE':>14s}")
     for name, r in rows.items():
         print(f"{name:58s} {r['psnr_mean']:8.2f} +/- {r['psnr_std']:5.2f} {r['mae_mean']:7.2f} +/- {r['mae_std']:4.2f}")
-    p2p_ref = rows[[k for k in rows if k.startswith("Param-to-Param")][0]]["psnr_mean"]
+    p2p_row = rows[[k for k in rows if k.startswith("Param-to-Param")][0]]
+    p2p_ref = p2p_row["psnr_mean"]
     print(f"\nfrom the default input: {r_def['psnr_mean']:.2f} dB | target >= {TARGET_D2P:.0f} dB: "
           f"{'MET' if r_def['psnr_mean'] >= TARGET_D2P else 'NOT MET'} | paper D2P {PAPER['d2p'][0]:.2f} dB")
     # from arbitrary inputs: both metrics of the protocol, and image by image
-    p2p_row = rows[[k for k in rows if k.startswith("Param-to-Param")][0]]
     ps = np.array([psnr(x, y) for x, y in zip(preds["synth_p2p"], gts)])
     pp = np.array([psnr(x, y) for x, y in zip(preds["p2p"], gts)])
     better = r_p2p["psnr_mean"] > p2p_ref and r_p2p["mae_mean"] < p2p_row["mae_mean"]

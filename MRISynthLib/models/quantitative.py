@@ -189,7 +189,7 @@ def flip_averaged(net: "QuantNet", images: torch.Tensor, acq: torch.Tensor) -> Q
                      torch.sqrt(q.g * m.g), torch.log(frac.clamp_min(1e-12)), pd, bias)
 
 
-REFINE_LAM, REFINE_ITERS, REFINE_EPS = 1e-3, 3, 1e-2   # chosen on validation slices (bench_synth.py)
+REFINE_LAM, REFINE_ITERS, REFINE_EPS = 1e-3, 3, 1e-2   # chosen on validation data: scripts/tune_synth_refine.py
 
 
 def _fraction_update(f, base, scale, b, imgs, lam: float, eps: float, allowed=None):
@@ -256,11 +256,11 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
     The first input's scale is ``c_0 = c g``, where ``c`` corrects the network's ``g``:
     the value in [0.7, 1.4] (searched on a grid, refined once, then at the vertex of a
     parabola through the best three; on every second voxel of each axis for images of
-    64 x 64 voxels or more) that leaves the smallest
-    residual after the update, since mixed voxels can absorb a wrong scale but pure ones
-    cannot. Every further input was normalised to its own maximum, so its scale ``c_j`` is
-    the least-squares fit of the estimate to it, re-fitted after every update. ``image``: (B, H, W) the first
-    input, or (B, M, H, W) the inputs, as the network saw them (maximum 1); ``seq``: the
+    64 x 64 voxels or more) that leaves the smallest residual after the update, since
+    mixed voxels can absorb a wrong scale but pure ones cannot. Every further input was
+    normalised to its own maximum, so its scale ``c_j`` is the least-squares fit of the
+    estimate to it, re-fitted after every update. ``image``: (B, H, W) the first input, or
+    (B, M, H, W) the inputs, as the network saw them (maximum 1); ``seq``: the
     acquisition, or a list of M acquisitions.
     """
     if q.logits is None:
@@ -280,6 +280,7 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
     b = q.bias
     base = torch.stack([torch.cat([torch.zeros_like(q.t1[:, :1]), q.pd * compartment_signals(q.t1, q.t2, q.t2s, sq)], 1)
                         for sq in seqs], 1)                                    # (B, M, K+1)
+
     def fit_scales(f, imgs, b):  # least-squares scale of each input's render (B, M)
         model = b[:, None] * torch.einsum("bmk,bkhw->bmhw", base, f)
         return (model * imgs).sum((-2, -1)) / (model * model).sum((-2, -1)).clamp_min(1e-12), model

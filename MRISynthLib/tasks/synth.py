@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from ..catalog import ModelCard, get_card, load_network, shipped_models
 from ..data.io import Volume
 from ..device import resolve_device
-from ..models.quantitative import (REFINE_EPS, REFINE_ITERS, REFINE_LAM, QuantConfig, QuantNet, effective_maps, flip_averaged, refine_fractions,
-                                   stack_inputs)
+from ..models.quantitative import (REFINE_EPS, REFINE_ITERS, REFINE_LAM, QuantConfig, QuantNet, effective_maps,
+                                   flip_averaged, refine_fractions, stack_inputs)
 from ..physics.signal import SequenceParams
 from . import Cancelled, check_image_array
 
@@ -108,8 +108,9 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     ``inputs``: an array/:class:`Volume` or a list of them (same shape; 2D or 3D with
     slices along axis 0); ``acquisitions``: a :class:`SequenceParams` (or a list, one per
     input). ``refine``: data-consistency refinement of the fractions against the inputs
-    (:func:`MRISynthLib.models.quantitative.refine_fractions` with ``lam``, ``iters`` and
-    ``eps`` from ``refine_lam``, ``refine_iters`` and ``refine_eps``). ``flip_average``:
+    (:func:`MRISynthLib.models.quantitative.refine_fractions` with ``lam``, ``iters``,
+    ``eps`` and ``top`` from ``refine_lam``, ``refine_iters``, ``refine_eps`` and
+    ``refine_top``). ``flip_average``:
     average each slice's estimate with that of its mirror image
     (:func:`MRISynthLib.models.quantitative.flip_averaged`; twice the network's work).
     Inputs are never modified.
