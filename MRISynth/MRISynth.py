@@ -568,12 +568,14 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
                               flip=p.synthFlip if p.synthSequence == "gre" else None)
 
     def synthesize(self, inputNode, target, inputTE=None, inputTR=None, device="auto", outputNode=None,
-                   saveMaps=False, cancel=None, progress=None):
+                   saveMaps=False, cancel=None, progress=None, secondNode=None, secondTE=None, secondTR=None):
         """Render ``target`` (a MRISynthLib.physics.signal.SequenceParams, e.g. PRESETS["FLAIR"]) from a
-        spin-echo input through the estimated PD/T1/T2; returns (outputNode, maps dict)."""
+        spin-echo input (and optionally a second spin echo of the same grid, ``secondNode``) through the
+        estimated PD/T1/T2; returns (outputNode, maps dict)."""
         from MRISynthLib.mrml import synthesize_node
         return synthesize_node(slicer.mrmlScene, inputNode, target, inputTE, inputTR, device=device,
-                               output_node=outputNode, save_maps=saveMaps, cancel=cancel, progress_callback=progress)
+                               output_node=outputNode, save_maps=saveMaps, cancel=cancel, progress_callback=progress,
+                               second_node=secondNode, second_te=secondTE, second_tr=secondTR)
 
     def reconstruct(self, inputNode=None, kspaceFile=None, method="cs", mask="vd1d", accel=4.0, device="auto",
                     outputNode=None, cancel=None, progress=None):

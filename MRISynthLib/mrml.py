@@ -195,13 +195,19 @@ _LAST_SYNTH: dict = {}
 
 def synthesize_node(scene, input_node, target, input_te: Optional[float] = None, input_tr: Optional[float] = None,
                     model=None, device="auto", output_node=None, save_maps: bool = False, cancel=None,
-                    progress_callback=None):
+                    progress_callback=None, second_node=None, second_te: Optional[float] = None,
+                    second_tr: Optional[float] = None):
     """Physics-informed synthesis of ``target`` (a :class:`SequenceParams`) from a spin-echo
     input node; returns ``(output_node, maps)`` where ``maps`` maps "pd"/"t1"/"t2"/"t2star"
     to new nodes when ``save_maps`` (PD relative to water, times in seconds).
 
+    ``second_node``: an optional second spin-echo scan of the same voxel grid (another
+    TE/TR, ``second_te``/``second_tr`` or its header); the estimate then fits both, which
+    pins down mixtures of three tissues that one image cannot (see the README's synthesis
+    table). Resample it onto the first input's grid first if it was acquired on another.
+
     The map estimate is cached by the library, so calling this again with another target
-    (a slider move) only re-renders. The input node is never modified and nothing is
+    (a slider move) only re-renders. The input nodes are never modified and nothing is
     added to the scene before the whole volume is computed.
     """
     from .physics.signal import SequenceParams
@@ -210,15 +216,26 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
     if not isinstance(target, SequenceParams):
         raise TypeError("target must be a SequenceParams")
     input_te, input_tr = _input_times(input_node, output_node, input_te, input_tr)
-    image = input_node.GetImageData()
-    key = (input_node.GetID(), input_node.GetMTime(), image.GetMTime() if image is not None else None, input_te,
-           input_tr, model if model is None or isinstance(model, str) else id(model), str(device))
+    nodes, times = [input_node], [(input_te, input_tr)]
+    if second_node is not None:
+        if second_node is input_node:
+            raise ValueError("the second input must be another volume than the first")
+        times.append(_input_times(second_node, output_node, second_te, second_tr))
+        nodes.append(second_node)
+    key = tuple((n.GetID(), n.GetMTime(), n.GetImageData().GetMTime() if n.GetImageData() is not None else None)
+                for n in nodes) + (tuple(times), model if model is None or isinstance(model, str) else id(model),
+                                   str(device))
     if key in _LAST_SYNTH:
         vol, est = _LAST_SYNTH[key]
     else:
-        vol = volume_from_node(input_node)
-        est = estimate_maps(vol, SequenceParams("se", input_te, input_tr), model=model, device=device,
-                            cancel=cancel, progress_callback=progress_callback)
+        vols = [volume_from_node(n) for n in nodes]
+        vol = vols[0]
+        for other in vols[1:]:
+            if other.array.shape != vol.array.shape or not np.allclose(ijk_to_ras(other), ijk_to_ras(vol), atol=1e-3):
+                raise ValueError("the second input must have the first input's voxel grid (dimensions, spacing, "
+                                 "origin and directions); resample it onto the first input first")
+        est = estimate_maps(vols if len(vols) > 1 else vol, [SequenceParams("se", te, tr) for te, tr in times],
+                            model=model, device=device, cancel=cancel, progress_callback=progress_callback)
         _LAST_SYNTH.clear()
         _LAST_SYNTH[key] = (vol, est)
     out = vol.with_array(est.render(target))

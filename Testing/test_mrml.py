@@ -118,6 +118,38 @@ def test_synthesize_node_output_maps_and_no_partial_node(scene_and_node):
         mrml.synthesize_node(scene, node, PRESETS["T1w"], 0.05, 4.5, model=net, output_node=node)
 
 
+def test_synthesize_node_with_a_second_input(scene_and_node):
+    """A second scan of the same grid enters the estimate (the render differs from one
+    input's), its node is untouched; another grid or the same node is refused."""
+    import torch
+
+    from MRISynthLib.models.quantitative import QuantConfig, QuantNet
+    from MRISynthLib.physics.signal import PRESETS
+
+    scene, node, vol = scene_and_node
+    torch.manual_seed(0)
+    net = QuantNet(QuantConfig(widths=[8, 16], head_width=16))
+    rng = np.random.default_rng(1)
+    second = mrml.write_volume_node(scene, vol.with_array(rng.uniform(0, 200, vol.array.shape).astype(np.float32)),
+                                    "T1w")
+    before = np.array(slicer.util.arrayFromVolume(second), copy=True)
+    one, _ = mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net)
+    two, _ = mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, second_node=second,
+                                  second_te=0.015, second_tr=0.6)
+    a, b = slicer.util.arrayFromVolume(one), slicer.util.arrayFromVolume(two)
+    assert a.shape == b.shape and not np.allclose(a, b)
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(two), mrml.node_ijk_to_ras(node))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(second), before)
+    shifted = mrml.write_volume_node(scene, io.Volume(before, vol.spacing, (0.0, 0.0, 0.0), vol.direction), "moved")
+    with pytest.raises(ValueError, match="voxel grid"):
+        mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, second_node=shifted,
+                             second_te=0.015, second_tr=0.6)
+    with pytest.raises(ValueError, match="another volume"):
+        mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, second_node=node)
+    with pytest.raises(ValueError, match="TE and TR"):
+        mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, second_node=second)
+
+
 def test_reconstruct_node_from_volume_and_from_file(scene_and_node, tmp_path):
     from MRISynthLib.cli import main
     from MRISynthLib.metrics import nrmse
