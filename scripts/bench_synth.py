@@ -73,6 +73,42 @@ def generalisation(ph, zs, table, te, tr, size=256):
     return np.stack(preds), np.stack(gts)
 
 
+def p2p_predictions(d, bb, ss, aa, estimate, default_image=None):
+    """8-bit renders of each target (pair ``bb``, slice ``ss``) from the P2P input (pair
+    ``aa`` of the same slice) alone and together with the default input;
+    ``estimate(inputs, acquisitions)`` makes the map estimate, ``default_image(b, s)`` the
+    default input (the data file's by default)."""
+    default_image = default_image or d.default_image
+    alone, both = [], []
+    for b, s, a_ in zip(bb, ss, aa):
+        x = d.targets[a_, s].astype(np.float32) / 255.0
+        seq_in = SequenceParams("se", float(d.te[a_]), float(d.tr[a_]))
+        tgt = SequenceParams("se", float(d.te[b]), float(d.tr[b]))
+        alone.append(to_u8(estimate(x, seq_in).render(tgt)))
+        pair = [default_image(b, s).astype(np.float32) / 255.0, x]
+        both.append(to_u8(estimate(pair, [DEFAULT, seq_in]).render(tgt)))
+    return np.stack(alone), np.stack(both)
+
+
+def pure_voxel_errors(fracs, estimate, table="mrilab", tissues=(("CSF", 1), ("grey matter", 2), ("white matter", 3)),
+                      keys=("pd", "t1", "t2")):
+    """Median relative error of the estimated maps in pure (fraction > 0.9) voxels of each
+    tissue, from the default input rendered from each slice's fractions with ``table``:
+    {tissue: {key: error}}; ``estimate(image, acquisition)`` makes the map estimate."""
+    lut = get_table(table).lookup(fracs.shape[1])
+    relax = [np.where(lut["pd"][1:] > 0, lut[k][1:], 1.0) for k in ("t1", "t2", "t2star")]
+    errs = {t: {k: [] for k in keys} for t, _ in tissues}
+    for f in fracs:
+        x, _ = normalize_8bit(render_truth(f, table, DEFAULT))
+        m = estimate(x.astype(np.float32), DEFAULT).maps()
+        truth = effective_maps(lut["pd"][1:, None, None] * f[1:], *relax)
+        for name, lab in tissues:
+            pure = f[lab] > 0.9
+            for k in keys:
+                errs[name][k].append(np.abs(m[k][pure] - truth[k][pure]) / truth[k][pure])
+    return {t: {k: float(np.median(np.concatenate(v))) for k, v in e.items()} for t, e in errs.items()}
+
+
 def diagnosis(d, ests, bb, ss, gts, fracs):
     """Which part of the default-input estimate limits it: the same renders with the true
     per-compartment T1/T2/T2* (network fractions and PD), and with the simulator's true
@@ -135,17 +171,10 @@ def main():
     preds["synth_default"] = pr
     rows[f"synthesis from the default input ({card.id})"] = r_def = stats(pr, gts)
     # from the P2P input, and from both
-    pr1, pr2 = [], []
-    for b, s, a_ in zip(bb, ss, aa):
-        x = d.targets[a_, s].astype(np.float32) / 255.0
-        seq_in = SequenceParams("se", float(d.te[a_]), float(d.tr[a_]))
-        tgt = SequenceParams("se", float(d.te[b]), float(d.tr[b]))
-        pr1.append(to_u8(estimate_maps(x, seq_in, model=net, use_cache=False).render(tgt)))
-        both = [d.default_image(b, s).astype(np.float32) / 255.0, x]
-        pr2.append(to_u8(estimate_maps(both, [DEFAULT, seq_in], model=net, use_cache=False).render(tgt)))
-    preds["synth_p2p"] = np.stack(pr1)
+    estimate = lambda x, sq: estimate_maps(x, sq, model=net, use_cache=False)  # noqa: E731
+    preds["synth_p2p"], both = p2p_predictions(d, bb, ss, aa, estimate)
     rows[f"synthesis from the P2P input ({card.id})"] = r_p2p = stats(preds["synth_p2p"], gts)
-    rows[f"synthesis from default + P2P inputs ({card.id})"] = r_both = stats(np.stack(pr2), gts)
+    rows[f"synthesis from default + P2P inputs ({card.id})"] = r_both = stats(both, gts)
 
     print(f"\nTest set: {len(P)} held-out (TE, TR) pairs x {len(S)} held-out slices = {len(bb)} images "
           f"(256x256, 8-bit; data {a.data})\n")
@@ -186,24 +215,10 @@ def main():
         print(f"  {label:70s} {r['psnr_mean']:6.2f} +/- {r['psnr_std']:5.2f} dB, MAE {r['mae_mean']:.2f}")
 
     # map accuracy on the BrainWeb test slices (MRiLab table, default input)
-    lut = get_table("mrilab").lookup(frac.shape[1])
-    errs = {t: {k: [] for k in ("pd", "t1", "t2")} for t in ("grey matter", "white matter", "CSF")}
-    for f in frac:
-        x, _ = normalize_8bit(render_truth(f, "mrilab", DEFAULT))
-        est = estimate_maps(x.astype(np.float32), DEFAULT, model=net, use_cache=False)
-        m = est.maps()
-        pd_k = lut["pd"][1:, None, None] * f[1:]
-        truth = effective_maps(pd_k, np.where(lut["pd"][1:] > 0, lut["t1"][1:], 1.0),
-                               np.where(lut["pd"][1:] > 0, lut["t2"][1:], 1.0),
-                               np.where(lut["pd"][1:] > 0, lut["t2star"][1:], 1.0))
-        for name, lab in (("CSF", 1), ("grey matter", 2), ("white matter", 3)):
-            pure = f[lab] > 0.9
-            for k in ("pd", "t1", "t2"):
-                errs[name][k].append(np.abs(m[k][pure] - truth[k][pure]) / truth[k][pure])
+    errs = pure_voxel_errors(frac, estimate, tissues=(("grey matter", 2), ("white matter", 3), ("CSF", 1)))
     print("\nMap accuracy, BrainWeb test slices (pure voxels, fraction > 0.9): median relative error")
-    map_acc = {}
-    for name, e in errs.items():
-        map_acc[name] = {k: round(float(np.median(np.concatenate(v))), 4) for k, v in e.items()}
+    map_acc = {name: {k: round(v, 4) for k, v in e.items()} for name, e in errs.items()}
+    for name in map_acc:
         print(f"  {name:14s} PD {map_acc[name]['pd'] * 100:5.1f} %   T1 {map_acc[name]['t1'] * 100:5.1f} %   "
               f"T2 {map_acc[name]['t2'] * 100:5.1f} %")
 

@@ -37,12 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_reparam import load_test_data, stats, test_split  # noqa: E402
-from bench_synth import DEFAULT, render_truth, to_u8  # noqa: E402
+from bench_synth import DEFAULT, p2p_predictions, pure_voxel_errors, render_truth, to_u8  # noqa: E402
 from MRISynthLib.data.simulate import normalize_8bit  # noqa: E402
-from MRISynthLib.models.quantitative import REFINE_EPS, REFINE_ITERS, REFINE_LAM, effective_maps  # noqa: E402
+from MRISynthLib.models.quantitative import REFINE_EPS, REFINE_ITERS, REFINE_LAM  # noqa: E402
 from MRISynthLib.physics.phantoms import add_noise, brainweb_phantom, mni152_phantom  # noqa: E402
 from MRISynthLib.physics.signal import SequenceParams  # noqa: E402
-from MRISynthLib.physics.tissues import get_table  # noqa: E402
 from MRISynthLib.tasks.synth import estimate_maps, load_model  # noqa: E402
 from MRISynthLib.training.quantitative import slice_fractions, train_z  # noqa: E402
 
@@ -70,10 +69,7 @@ def main():
     mfrac = slice_fractions(mni, mz[np.linspace(0, len(mz) - 1, 5).round().astype(int)], 256)
     mni_in = [normalize_8bit(render_truth(f, "mrilab", DEFAULT))[0].astype(np.float32) for f in mfrac]
     mni_gt = [[normalize_8bit(render_truth(f, "mrilab", s))[0].astype(np.float64) for s in seqs] for f in mfrac]
-    bw = brainweb_phantom(voxel_mm=2.0)
-    bfrac = slice_fractions(bw, d.slice_z[vs], 256)
-    lut = get_table("mrilab").lookup(bfrac.shape[1])
-    kw = lambda k: np.where(lut["pd"][1:] > 0, lut[k][1:], 1.0)  # noqa: E731
+    bfrac = slice_fractions(brainweb_phantom(voxel_mm=2.0), d.slice_z[vs], 256)
 
     def score(refine, lam=REFINE_LAM, iters=REFINE_ITERS, eps=REFINE_EPS, top=None):
         est = lambda x, sq: estimate_maps(x, sq, model=net, use_cache=False, refine=refine, refine_lam=lam,  # noqa: E731
@@ -84,31 +80,17 @@ def main():
             pr = np.stack([to_u8(e[s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
                            for b, s in zip(bb, ss)])
             out[name] = stats(pr, gts)["psnr_mean"]
-        p1, p2 = [], []
-        for i in sub:
-            b, s, a_ = bb[i], ss[i], aa[i]
-            x = d.targets[a_, s].astype(np.float32) / 255.0
-            seq_in = SequenceParams("se", float(d.te[a_]), float(d.tr[a_]))
-            tgt = SequenceParams("se", float(d.te[b]), float(d.tr[b]))
-            p1.append(to_u8(est(x, seq_in).render(tgt)))
-            p2.append(to_u8(est([clean[s] / 255.0, x], [DEFAULT, seq_in]).render(tgt)))
-        out["P2P input"] = stats(np.stack(p1), gts[sub])["psnr_mean"]
-        out["both inputs"] = stats(np.stack(p2), gts[sub])["psnr_mean"]
+        p1, p2 = p2p_predictions(d, bb[sub], ss[sub], aa[sub], est, default_image=lambda b, s: clean[s])
+        out["P2P input"] = stats(p1, gts[sub])["psnr_mean"]
+        out["both inputs"] = stats(p2, gts[sub])["psnr_mean"]
         pr, gt = [], []
         for x, g in zip(mni_in, mni_gt):
             e = est(x / 255.0, DEFAULT)
             pr += [to_u8(e.render(sq)) for sq in seqs]
             gt += g
         out["MNI152"] = stats(np.stack(pr), np.stack(gt))["psnr_mean"]
-        errs = {k: [] for k in ("GM T1", "GM T2", "WM T1", "WM T2", "CSF T1", "CSF T2")}
-        for f in bfrac:
-            m = est(normalize_8bit(render_truth(f, "mrilab", DEFAULT))[0].astype(np.float32), DEFAULT).maps()
-            truth = effective_maps(lut["pd"][1:, None, None] * f[1:], kw("t1"), kw("t2"), kw("t2star"))
-            for name, lab in (("CSF", 1), ("GM", 2), ("WM", 3)):
-                pure = f[lab] > 0.9
-                for k in ("t1", "t2"):
-                    errs[f"{name} {k.upper()}"].append(np.abs(m[k][pure] - truth[k][pure]) / truth[k][pure])
-        maps = {k: 100 * float(np.median(np.concatenate(v))) for k, v in errs.items()}
+        errs = pure_voxel_errors(bfrac, est, tissues=(("GM", 2), ("WM", 3), ("CSF", 1)), keys=("t1", "t2"))
+        maps = {f"{t} {k.upper()}": 100 * v for t, e in errs.items() for k, v in e.items()}
         return out, maps
 
     conds = list(inputs) + ["P2P input", "both inputs", "MNI152"]
