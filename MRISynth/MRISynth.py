@@ -162,6 +162,9 @@ class MRISynthParameterNode:
     synthTR: float = 9.0
     synthTI: float = 2.5
     synthFlip: float = 30.0
+    synthSecondVolume: vtkMRMLScalarVolumeNode
+    synthSecondTE: float = 0.015
+    synthSecondTR: float = 0.6
     saveMaps: bool = False
     liveRender: bool = False
     reconSource: str = "input volume (simulated)"
@@ -210,6 +213,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.synthSequenceComboBox.connect("currentIndexChanged(int)", self.onSynthTargetChanged)
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
+        self.ui.synthSecondVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSecondInputChanged)
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
         self.layout.addStretch(1)
@@ -277,6 +281,13 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.inputTE = acq["te"]
             self._parameterNode.inputTR = acq["tr"]
             self.log(f"input TE/TR of {node.GetName()}: {acq['te'] * 1e3:g} / {acq['tr'] * 1e3:g} ms")
+
+    def onSecondInputChanged(self, node):
+        acq = MRISynthLogic.acquisitionFromNode(node) if node else {}
+        if acq.get("te") and acq.get("tr") and self._parameterNode:
+            self._parameterNode.synthSecondTE = acq["te"]
+            self._parameterNode.synthSecondTR = acq["tr"]
+            self.log(f"second input TE/TR of {node.GetName()}: {acq['te'] * 1e3:g} / {acq['tr'] * 1e3:g} ms")
 
     def onDeviceChanged(self, index):
         if self._parameterNode:
@@ -418,10 +429,11 @@ class BackgroundRun:
     in-process run). cancel() kills the process. The work folder is always removed and
     nothing is added to the scene unless the run succeeded. ``onDone(node, error)`` gets the
     output (None when cancelled or failed) and the error text (None unless it failed).
+    ``secondNode``: synthesis's optional second input (with ``settings["second_input"]`` true).
     """
 
     def __init__(self, task, settings, inputNode=None, kspaceFile=None, outputNode=None, onProgress=None,
-                 onLog=None, onDone=None):
+                 onLog=None, onDone=None, secondNode=None):
         import MRISynthLib
         from MRISynthLib import jobs, mrml
 
@@ -433,7 +445,8 @@ class BackgroundRun:
         self.parser = jobs.ProgressParser()
         self.workdir = jobs.new_workdir()
         try:
-            mrml.write_job_inputs(task, self.workdir, settings, input_node=inputNode, kspace_file=kspaceFile)
+            mrml.write_job_inputs(task, self.workdir, settings, input_node=inputNode, kspace_file=kspaceFile,
+                                  second_node=secondNode)
         except Exception:
             jobs.cleanup(self.workdir)
             raise
@@ -551,7 +564,14 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
             return None
         synth = p.task == TASK_SYNTH
         target = (p.synthTE, p.synthTR) if synth else (p.targetTE, p.targetTR)
-        for (te, tr), what in (((p.inputTE, p.inputTR), "input"), (target, "target")):
+        times = [((p.inputTE, p.inputTR), "input"), (target, "target")]
+        if synth and p.synthSecondVolume:
+            if p.synthSecondVolume == p.inputVolume:
+                return "The second input must be another volume than the input"
+            if p.outputVolume and p.outputVolume == p.synthSecondVolume:
+                return "The output must not be the second input"
+            times.append(((p.synthSecondTE, p.synthSecondTR), "second input"))
+        for (te, tr), what in times:
             if not (0 < te < tr):
                 return f"The {what} TE must be positive and shorter than TR"
         if synth and p.synthSequence == "ir" and not (0 < p.synthTI < p.synthTR - p.synthTE):
@@ -610,9 +630,12 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
             return ("reparam", {**base, "target_te": p.targetTE, "target_tr": p.targetTR, "input_te": p.inputTE,
                                 "input_tr": p.inputTR, "model": p.model}, p.inputVolume, None, p.outputVolume)
         if p.task == TASK_SYNTH:
-            return ("synth", {**base, "sequence": p.synthSequence, "te": p.synthTE, "tr": p.synthTR, "ti": p.synthTI,
-                              "flip": p.synthFlip, "input_te": p.inputTE, "input_tr": p.inputTR,
-                              "save_maps": p.saveMaps}, p.inputVolume, None, p.outputVolume)
+            settings = {**base, "sequence": p.synthSequence, "te": p.synthTE, "tr": p.synthTR, "ti": p.synthTI,
+                        "flip": p.synthFlip, "input_te": p.inputTE, "input_tr": p.inputTR, "save_maps": p.saveMaps,
+                        "second_input": bool(p.synthSecondVolume)}
+            if p.synthSecondVolume:  # the node itself: MRISynthLogic.startBackground passes it on
+                settings.update(second_te=p.synthSecondTE, second_tr=p.synthSecondTR)
+            return "synth", settings, p.inputVolume, None, p.outputVolume
         if p.task == TASK_TRANSLATE:
             return ("translate", {**base, "direction": p.translateDirection}, p.inputVolume, None, p.outputVolume)
         if p.task == TASK_RECON:
@@ -632,12 +655,15 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
             raise ValueError(problem)
         task, settings, inputNode, kspaceFile, outputNode = self.jobFromParameters(p)
         return BackgroundRun(task, settings, inputNode, kspaceFile, outputNode, onProgress=onProgress, onLog=onLog,
-                             onDone=onDone)
+                             onDone=onDone, secondNode=p.synthSecondVolume if settings.get("second_input") else None)
 
     def synthesizeFromParameters(self, p, cancel=None, progress=None, withMaps=True):
+        second = p.synthSecondVolume or None
         out, maps = self.synthesize(p.inputVolume, self.targetFromParameters(p), p.inputTE, p.inputTR,
                                     device=p.device, outputNode=p.outputVolume, saveMaps=p.saveMaps and withMaps,
-                                    cancel=cancel, progress=progress)
+                                    cancel=cancel, progress=progress, secondNode=second,
+                                    secondTE=p.synthSecondTE if second else None,
+                                    secondTR=p.synthSecondTR if second else None)
         p.outputVolume = out
         return out
 

@@ -27,6 +27,7 @@ PROGRESS_PREFIX = "MRISYNTH_PROGRESS "
 TASKS = ("reparam", "synth", "translate", "recon", "cine")
 INPUT = {"reparam": "input.nrrd", "synth": "input.nrrd", "translate": "input.nrrd", "recon": "kspace.h5",
          "cine": "input.seq.nrrd"}
+SECOND_INPUT = "input2.nrrd"  # synth: an optional second scan of the same voxel grid
 OUTPUT = {"reparam": "output.nrrd", "synth": "output.nrrd", "translate": "output.nrrd", "recon": "output.nrrd",
           "cine": "output.seq.nrrd"}
 MAP_NAMES = ("pd", "t1", "t2", "t2star")
@@ -88,10 +89,12 @@ def cleanup(workdir) -> None:
 
 def write_inputs(task: str, workdir, volume: Optional[Volume] = None, acquisition: Optional[dict] = None,
                  kspace_file=None, simulate: Optional[dict] = None, frames: Optional[np.ndarray] = None,
-                 geometry: Optional[Volume] = None, times=None) -> Path:
+                 geometry: Optional[Volume] = None, times=None, second_volume: Optional[Volume] = None,
+                 second_acquisition: Optional[dict] = None) -> Path:
     """Write the task's input file into ``workdir`` and return its path.
 
-    reparam/synth/translate: ``volume`` (with ``acquisition`` TE/TR written to the header).
+    reparam/synth/translate: ``volume`` (with ``acquisition`` TE/TR written to the header);
+    synth also ``second_volume`` (with ``second_acquisition``), written as ``SECOND_INPUT``.
     recon: ``kspace_file`` (copied: the user's file is never opened for writing) or
     ``volume`` plus ``simulate`` (mask_kind, accel, n_coils, snr: k-space simulated as the
     ``undersample`` command does). cine: ``frames`` [T, (z,) y, x] with ``geometry``/``times``.
@@ -116,9 +119,12 @@ def write_inputs(task: str, workdir, volume: Optional[Volume] = None, acquisitio
     else:
         if volume is None:
             raise ValueError(f"the {task} task needs a volume")
-        vol = Volume(volume.array, volume.spacing, volume.origin, volume.direction,
-                     acquisition_metadata(acquisition or {}))
-        write_volume(vol, path)
+        if second_volume is not None and task != "synth":
+            raise ValueError("only the synth task takes a second input")
+        for vol, acq, name in ((volume, acquisition, INPUT[task]), (second_volume, second_acquisition, SECOND_INPUT)):
+            if vol is not None:
+                write_volume(Volume(vol.array, vol.spacing, vol.origin, vol.direction, acquisition_metadata(acq or {})),
+                             Path(workdir) / name)
     return path
 
 
@@ -130,7 +136,7 @@ def command(task: str, workdir, settings: dict, python: Optional[str] = None) ->
     """The argument list that runs ``task`` on the inputs in ``workdir``.
 
     ``settings``: reparam: target_te, target_tr, model; synth: sequence, te, tr, ti, flip,
-    save_maps; translate: direction; recon: method; cine: method, accel; all: device.
+    save_maps, second_input (True: ``SECOND_INPUT`` was written too); translate: direction; recon: method; cine: method, accel; all: device.
     Input TE/TR come from the input file's header.
     """
     w = Path(workdir)
@@ -149,6 +155,8 @@ def command(task: str, workdir, settings: dict, python: Optional[str] = None) ->
             args += ["--flip", _fmt(settings["flip"])]
         if settings.get("save_maps"):
             args.append("--save-maps")
+        if settings.get("second_input"):
+            args += ["--input", str(w / SECOND_INPUT)]
     elif task == "translate":
         args += ["--direction", settings.get("direction", "t1_to_t2")]
     elif task == "recon":

@@ -188,6 +188,12 @@ def reparameterize_node(scene, input_node, target_te: float, target_tr: float, i
     return node
 
 
+def _check_same_grid(vol, other) -> None:
+    if other.array.shape != vol.array.shape or not np.allclose(ijk_to_ras(other), ijk_to_ras(vol), atol=1e-3):
+        raise ValueError("the second input must have the first input's voxel grid (dimensions, spacing, "
+                         "origin and directions); resample it onto the first input first")
+
+
 # the last synthesis input: (node id, node and image MTimes, TE, TR, model, device) -> (Volume, estimate),
 # so that a slider move neither copies the input out of the node nor hashes it again
 _LAST_SYNTH: dict = {}
@@ -231,9 +237,7 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
         vols = [volume_from_node(n) for n in nodes]
         vol = vols[0]
         for other in vols[1:]:
-            if other.array.shape != vol.array.shape or not np.allclose(ijk_to_ras(other), ijk_to_ras(vol), atol=1e-3):
-                raise ValueError("the second input must have the first input's voxel grid (dimensions, spacing, "
-                                 "origin and directions); resample it onto the first input first")
+            _check_same_grid(vol, other)
         est = estimate_maps(vols if len(vols) > 1 else vol, [SequenceParams("se", te, tr) for te, tr in times],
                             model=model, device=device, cancel=cancel, progress_callback=progress_callback)
         _LAST_SYNTH.clear()
@@ -404,11 +408,14 @@ def output_name(task: str, input_name: Optional[str], **s) -> str:
     raise ValueError(f"unknown task {task!r}")
 
 
-def write_job_inputs(task: str, workdir, settings: dict, input_node=None, kspace_file=None):
+def write_job_inputs(task: str, workdir, settings: dict, input_node=None, kspace_file=None, second_node=None):
     """Write a background run's input from the scene into ``workdir`` (see
     :func:`MRISynthLib.jobs.write_inputs`); the nodes are only read. ``settings`` as for
     :func:`MRISynthLib.jobs.command`, plus input_te/input_tr (else the node's recorded
-    TE/TR) and, for reconstruction from a volume, mask and accel."""
+    TE/TR) and, for reconstruction from a volume, mask and accel. ``second_node``
+    (synth only): a second spin echo of the same voxel grid as ``input_node`` (refused
+    otherwise, as in :func:`synthesize_node`), with second_te/second_tr (else its own
+    recorded TE/TR); ``settings["second_input"]`` must then be true."""
     from . import jobs
 
     if task == "cine":
@@ -424,7 +431,20 @@ def write_job_inputs(task: str, workdir, settings: dict, input_node=None, kspace
     if task in ("reparam", "synth"):
         te, tr = _input_times(input_node, None, settings.get("input_te"), settings.get("input_tr"))
         acq = {"te": te, "tr": tr}
-    return jobs.write_inputs(task, workdir, volume_from_node(input_node), acquisition=acq)
+    if bool(settings.get("second_input")) != (second_node is not None):
+        raise ValueError("settings['second_input'] and second_node disagree")
+    vol = volume_from_node(input_node)
+    second, second_acq = None, None
+    if second_node is not None:
+        if task != "synth":
+            raise ValueError("only the synth task takes a second input")
+        if second_node is input_node:
+            raise ValueError("the second input must be another volume than the first")
+        te2, tr2 = _input_times(second_node, None, settings.get("second_te"), settings.get("second_tr"))
+        second, second_acq = volume_from_node(second_node), {"te": te2, "tr": tr2}
+        _check_same_grid(vol, second)
+    return jobs.write_inputs(task, workdir, vol, acquisition=acq, second_volume=second,
+                             second_acquisition=second_acq)
 
 
 def job_result_to_scene(scene, task: str, result, settings: dict, input_node=None, output_node=None):

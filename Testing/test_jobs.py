@@ -167,3 +167,49 @@ def test_background_run_gives_the_same_node_as_the_in_process_run(tmp_path, se_s
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
     assert mrml.acquisition_from_node(out) == mrml.acquisition_from_node(direct)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+
+
+def test_synth_background_run_with_a_second_input(tmp_path, se_slab):
+    """The panel's synthesis from two scans as a background run: both inputs are written
+    (each with its TE/TR), the command passes both, the result equals the in-process
+    two-input synthesis and differs from the one-input one; the nodes are untouched; a
+    second input on another grid is refused before anything runs."""
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    import slicer
+
+    from MRISynthLib import mrml
+    from MRISynthLib.physics.signal import SequenceParams
+
+    t1 = read_volume(sample_path("MRISynthBrainWebT1w"))
+    scene = mrml.new_scene()
+    node = mrml.write_volume_node(scene, se_slab, "SE")
+    mrml.set_acquisition(node, {"te": 0.05, "tr": 4.5})
+    second = mrml.write_volume_node(scene, Volume(t1.array[43:46].astype(np.float32), t1.spacing, t1.origin,
+                                                  t1.direction), "T1w")
+    mrml.set_acquisition(second, {"te": 0.015, "tr": 0.5})
+    before = [slicer.util.arrayFromVolume(n).copy() for n in (node, second)]
+    target = SequenceParams("ir", 0.12, 9.0, ti=2.5)
+    one, _ = mrml.synthesize_node(scene, node, target, device="cpu")
+    two, _ = mrml.synthesize_node(scene, node, target, device="cpu", second_node=second)
+    settings = {"sequence": "ir", "te": 0.12, "tr": 9.0, "ti": 2.5, "device": "cpu", "second_input": True}
+    with pytest.raises(ValueError, match="disagree"):
+        mrml.write_job_inputs("synth", tmp_path, {**settings, "second_input": False}, input_node=node,
+                              second_node=second)
+    moved = mrml.write_volume_node(scene, Volume(before[1], t1.spacing, (0.0, 0.0, 0.0), t1.direction), "moved")
+    mrml.set_acquisition(moved, {"te": 0.015, "tr": 0.5})
+    with pytest.raises(ValueError, match="voxel grid"):
+        mrml.write_job_inputs("synth", tmp_path, settings, input_node=node, second_node=moved)
+    mrml.write_job_inputs("synth", tmp_path, settings, input_node=node, second_node=second)
+    assert read_volume(tmp_path / jobs.SECOND_INPUT).acquisition == pytest.approx({"te": 0.015, "tr": 0.5})
+    args = jobs.command("synth", tmp_path, settings)
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--input"] == [
+        str(tmp_path / jobs.INPUT["synth"]), str(tmp_path / jobs.SECOND_INPUT)]
+    rc, _, _, err = _run("synth", tmp_path, settings)
+    assert rc == 0, err
+    out, _ = mrml.job_result_to_scene(scene, "synth", jobs.read_outputs("synth", tmp_path), settings, input_node=node)
+    a, b, c = (slicer.util.arrayFromVolume(n) for n in (out, two, one))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+    assert np.abs(a - c).max() > 0.01 * float(np.abs(c).max())  # the second input entered the run
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(out), mrml.node_ijk_to_ras(node))
+    for n, arr in zip((node, second), before):
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(n), arr)

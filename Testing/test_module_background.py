@@ -127,7 +127,8 @@ def test_job_from_parameters_covers_every_task(module):
     node = _se_node(scene)
     p = types.SimpleNamespace(task=None, device="cpu", targetTE=0.1, targetTR=4.0, inputTE=0.05, inputTR=4.5,
                               model="d2p", synthSequence="gre", synthTE=0.005, synthTR=0.02, synthTI=1.0,
-                              synthFlip=20.0, saveMaps=False, translateDirection="t1_to_t2", reconMethod="cs",
+                              synthFlip=20.0, saveMaps=False, synthSecondVolume=None, synthSecondTE=0.015,
+                              synthSecondTR=0.6, translateDirection="t1_to_t2", reconMethod="cs",
                               reconMask="vd1d", reconAccel=4.0, reconSource=mod.RECON_FROM_FILE,
                               kspaceFile=sample_path("MRISynthBrainWebKspace"), cineMethod="cascade", cineAccel=5.0,
                               inputVolume=node, outputVolume=None, inputSequence="seq", outputSequence=None)
@@ -141,3 +142,36 @@ def test_job_from_parameters_covers_every_task(module):
         assert args[4] == name and "--device" in args
         assert mrml.output_name(task, "SE", **settings)
     assert kfile is None and inp == "seq"
+
+
+def test_synthesis_from_two_scans_with_the_panel_settings(module):
+    """The panel's second-input settings: checked before a run, and the background run
+    (PythonSlicer process) gives the in-process two-scan result; the inputs are untouched."""
+    mod, scene, app = module
+    node = _se_node(scene)
+    t1 = read_volume(sample_path("MRISynthBrainWebT1w"))
+    second = mrml.write_volume_node(scene, Volume(t1.array[43:46], t1.spacing, t1.origin, t1.direction), "T1w")
+    before = [slicer.util.arrayFromVolume(n).copy() for n in (node, second)]
+    p = types.SimpleNamespace(task=mod.TASK_SYNTH, device="cpu", inputTE=0.05, inputTR=4.5, synthSequence="ir",
+                              synthTE=0.12, synthTR=9.0, synthTI=2.5, synthFlip=20.0, saveMaps=False,
+                              synthSecondVolume=second, synthSecondTE=0.015, synthSecondTR=0.5, inputVolume=node,
+                              outputVolume=None)
+    check = mod.MRISynthLogic.validateSettings
+    assert check(p) is None
+    for change, problem in (({"synthSecondVolume": node}, "another volume"), ({"outputVolume": second}, "second input"),
+                            ({"synthSecondTE": 0.6}, "second input TE")):
+        assert problem in check(types.SimpleNamespace(**{**vars(p), **change}))
+    task, settings, inp, _, _ = mod.MRISynthLogic.jobFromParameters(p)
+    assert settings["second_input"] and settings["second_tr"] == 0.5 and inp is node
+    logic = mod.MRISynthLogic()
+    direct = logic.synthesizeFromParameters(types.SimpleNamespace(**vars(p)))
+    done = []
+    run = logic.startBackground(p, onDone=lambda o, e: done.append((o, e)))
+    _wait(app, lambda: done)
+    (out, maps), error = done[0]
+    assert error is None and maps == {}
+    a, b = slicer.util.arrayFromVolume(out), slicer.util.arrayFromVolume(direct)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+    for n, arr in zip((node, second), before):
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(n), arr)
+    assert not run.workdir.exists()

@@ -39,6 +39,17 @@ def test_every_ui_name_used_exists_and_parameters_match():
     assert fields - set(params.values()) <= {"device"}
 
 
+def test_every_node_selector_gets_the_scene():
+    # Slicer hands the scene to the panel's qMRMLWidget, which passes it on only through
+    # these connections: a selector without one stays empty in Slicer
+    root = ET.parse(UI).getroot()
+    selectors = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    fed = {c.findtext("receiver") for c in root.iter("connection")
+           if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert "synthSecondVolumeSelector" in selectors and len(selectors) == 5
+    assert selectors <= fed, f"selectors without the scene: {sorted(selectors - fed)}"
+
+
 def test_task_choices_match_the_module_constants():
     tree = ast.parse(MOD.read_text())
     tasks = {n.value.value for n in tree.body if isinstance(n, ast.Assign)
@@ -97,7 +108,7 @@ def test_panel_loads_offscreen_and_screenshot(tmp_path):
     for name in ("inputVolumeSelector", "targetTESlider", "targetTRSlider", "applyButton", "modelComboBox",
                  "synthTISlider", "saveMapsCheckBox", "kspaceFilePathLineEdit", "reconMethodComboBox",
                  "translateDirectionComboBox", "inputSequenceSelector", "cineMethodComboBox", "cineAccelSlider",
-                 "outputSequenceSelector"):
+                 "outputSequenceSelector", "synthSecondVolumeSelector", "synthSecondTESpinBox"):
         assert w.findChild(QtWidgets.QWidget, name) is not None, name
     te = w.findChild(QtWidgets.QWidget, "targetTESlider")
     assert te.maximum() == pytest.approx(1.0) and te.suffix() == " s"
