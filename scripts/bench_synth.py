@@ -11,6 +11,9 @@ display-normalised to max 255 and rounded like the 8-bit ground truth) and MAE o
 * the synthesis model from the default input (TE 50 ms / TR 4.5 s),
 * the synthesis model from the P2P input (another held-out pair, as Param-to-Param gets),
 * the synthesis model from both inputs at once,
+* the synthesis model from the default input and from the P2P input with Param-Net
+  assistance (``assisted_maps``: the refinement also fits the spin echoes that the
+  Default-to-Param / Param-to-Param model predicts from the input),
 
 then generalisation (MNI152 test slices, never trained on; BrainWeb with the
 BrainWeb/KomaMRI tissue table, never trained on), a diagnosis (the default-input renders
@@ -42,7 +45,7 @@ from MRISynthLib.physics.phantoms import Phantom, brainweb_phantom, mni152_phant
 from MRISynthLib.physics.signal import PRESETS, SequenceParams  # noqa: E402
 from MRISynthLib.physics.tissues import get_table  # noqa: E402
 from MRISynthLib.tasks import reparam as reparam_task  # noqa: E402
-from MRISynthLib.tasks.synth import MapEstimate, estimate_maps, load_model  # noqa: E402
+from MRISynthLib.tasks.synth import MapEstimate, assisted_maps, estimate_maps, load_model  # noqa: E402
 from MRISynthLib.training.quantitative import held_out_z, slice_fractions  # noqa: E402
 
 DEFAULT = SequenceParams("se", 0.05, 4.5)
@@ -59,13 +62,14 @@ def render_truth(frac, table, seq):
     return Phantom(frac[:, None], table=get_table(table)).render(seq)[0]
 
 
-def generalisation(ph, zs, table, te, tr, size=256):
-    """Default input -> each test pair on the given slices; returns (preds, truths) 8-bit."""
+def generalisation(ph, zs, table, te, tr, size=256, assisted=False):
+    """Default input -> each test pair on the given slices; returns (preds, truths) 8-bit.
+    ``assisted``: with Default-to-Param assistance."""
     frac = slice_fractions(ph, zs, size)
     preds, gts = [], []
     for f in frac:
         x, _ = normalize_8bit(render_truth(f, table, DEFAULT))
-        est = estimate_maps(x.astype(np.float32), DEFAULT, use_cache=False)
+        est = (assisted_maps if assisted else estimate_maps)(x.astype(np.float32), DEFAULT, use_cache=False)
         for t_e, t_r in zip(te, tr):
             seq = SequenceParams("se", float(t_e), float(t_r))
             preds.append(to_u8(est.render(seq)))
@@ -175,6 +179,24 @@ def main():
     preds["synth_p2p"], both = p2p_predictions(d, bb, ss, aa, estimate)
     rows[f"synthesis from the P2P input ({card.id})"] = r_p2p = stats(preds["synth_p2p"], gts)
     rows[f"synthesis from default + P2P inputs ({card.id})"] = r_both = stats(both, gts)
+    # with Param-Net assistance (one input; d2p for the default input, p2p for the others)
+    t_assist = []
+    ests_a = {}
+    for s in S:
+        t = time.perf_counter()
+        ests_a[s] = assisted_maps(d.default_image(P[0], s).astype(np.float32) / 255.0, DEFAULT, model=net,
+                                  use_cache=False)
+        t_assist.append(time.perf_counter() - t)
+    preds["assist_default"] = np.stack([to_u8(ests_a[s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
+                                        for b, s in zip(bb, ss)])
+    rows["synthesis from the default input, Param-Net assisted (d2p)"] = r_def_a = stats(preds["assist_default"], gts)
+    memo = {}
+    for a_, s in sorted(set(zip(aa, ss))):
+        memo[a_, s] = assisted_maps(d.targets[a_, s].astype(np.float32) / 255.0,
+                                    SequenceParams("se", float(d.te[a_]), float(d.tr[a_])), model=net, use_cache=False)
+    preds["assist_p2p"] = np.stack([to_u8(memo[a_, s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
+                                    for b, s, a_ in zip(bb, ss, aa)])
+    rows["synthesis from the P2P input, Param-Net assisted (p2p)"] = r_p2p_a = stats(preds["assist_p2p"], gts)
 
     print(f"\nTest set: {len(P)} held-out (TE, TR) pairs x {len(S)} held-out slices = {len(bb)} images "
           f"(256x256, 8-bit; data {a.data})\n")
@@ -183,16 +205,21 @@ def main():
         print(f"{name:58s} {r['psnr_mean']:8.2f} +/- {r['psnr_std']:5.2f} {r['mae_mean']:7.2f} +/- {r['mae_std']:4.2f}")
     p2p_row = rows[[k for k in rows if k.startswith("Param-to-Param")][0]]
     p2p_ref = p2p_row["psnr_mean"]
-    print(f"\nfrom the default input: {r_def['psnr_mean']:.2f} dB | target >= {TARGET_D2P:.0f} dB: "
-          f"{'MET' if r_def['psnr_mean'] >= TARGET_D2P else 'NOT MET'} | paper D2P {PAPER['d2p'][0]:.2f} dB")
+    print()
+    for label, r in (("from the default input", r_def), ("from the default input, Param-Net assisted", r_def_a)):
+        print(f"{label}: {r['psnr_mean']:.2f} dB | target >= {TARGET_D2P:.0f} dB: "
+              f"{'MET' if r['psnr_mean'] >= TARGET_D2P else 'NOT MET'} | paper D2P {PAPER['d2p'][0]:.2f} dB")
     # from arbitrary inputs: both metrics of the protocol, and image by image
-    ps = np.array([psnr(x, y) for x, y in zip(preds["synth_p2p"], gts)])
     pp = np.array([psnr(x, y) for x, y in zip(preds["p2p"], gts)])
-    better = r_p2p["psnr_mean"] > p2p_ref and r_p2p["mae_mean"] < p2p_row["mae_mean"]
-    print(f"from arbitrary inputs: {r_p2p['psnr_mean']:.2f} dB, MAE {r_p2p['mae_mean']:.2f} vs Param-to-Param "
-          f"{p2p_ref:.2f} dB, MAE {p2p_row['mae_mean']:.2f}: {'better (MET)' if better else 'NOT better in both (NOT MET)'}")
-    print(f"  image by image: median PSNR {np.median(ps):.2f} vs {np.median(pp):.2f} dB; synthesis higher on "
-          f"{int((ps > pp).sum())} of {len(ps)} images")
+    for label, key, r in (("from arbitrary inputs", "synth_p2p", r_p2p),
+                          ("from arbitrary inputs, Param-Net assisted", "assist_p2p", r_p2p_a)):
+        ps = np.array([psnr(x, y) for x, y in zip(preds[key], gts)])
+        better = r["psnr_mean"] > p2p_ref and r["mae_mean"] < p2p_row["mae_mean"]
+        print(f"{label}: {r['psnr_mean']:.2f} dB, MAE {r['mae_mean']:.2f} vs Param-to-Param "
+              f"{p2p_ref:.2f} dB, MAE {p2p_row['mae_mean']:.2f}: "
+              f"{'better (MET)' if better else 'NOT better in both (NOT MET)'}")
+        print(f"  image by image: median PSNR {np.median(ps):.2f} vs {np.median(pp):.2f} dB; synthesis higher on "
+              f"{int((ps > pp).sum())} of {len(ps)} images")
 
     # generalisation
     print("\nGeneralisation (default input -> the 40 test pairs):")
@@ -203,9 +230,11 @@ def main():
     for label, ph, table in (("MNI152 held-out test slices, MRiLab table (second anatomy)", mni, "mrilab"),
                              ("BrainWeb test slices, BrainWeb/KomaMRI table (unseen tissue values)", bw,
                               "brainweb_koma")):
-        p_, g_ = generalisation(ph, held_out_z(ph), table, te, tr)
-        gen[label] = r = stats(p_, g_)
-        print(f"  {label:70s} {r['psnr_mean']:6.2f} +/- {r['psnr_std']:5.2f} dB, MAE {r['mae_mean']:.2f}")
+        for assisted in (False, True):
+            p_, g_ = generalisation(ph, held_out_z(ph), table, te, tr, assisted=assisted)
+            key = label + (", Param-Net assisted" if assisted else "")
+            gen[key] = r = stats(p_, g_)
+            print(f"  {key:90s} {r['psnr_mean']:6.2f} +/- {r['psnr_std']:5.2f} dB, MAE {r['mae_mean']:.2f}")
 
     # the BrainWeb test slices' true fractions (the data file's held-out slices)
     frac = slice_fractions(bw, d.slice_z[S], 256)
@@ -218,8 +247,12 @@ def main():
     errs = pure_voxel_errors(frac, estimate, tissues=(("grey matter", 2), ("white matter", 3), ("CSF", 1)))
     print("\nMap accuracy, BrainWeb test slices (pure voxels, fraction > 0.9): median relative error")
     map_acc = {name: {k: round(v, 4) for k, v in e.items()} for name, e in errs.items()}
+    errs_a = pure_voxel_errors(frac, lambda x, sq: assisted_maps(x, sq, model=net, use_cache=False),
+                               tissues=(("grey matter", 2), ("white matter", 3), ("CSF", 1)))
+    for name, e in errs_a.items():
+        map_acc[f"{name}, Param-Net assisted"] = {k: round(v, 4) for k, v in e.items()}
     for name in map_acc:
-        print(f"  {name:14s} PD {map_acc[name]['pd'] * 100:5.1f} %   T1 {map_acc[name]['t1'] * 100:5.1f} %   "
+        print(f"  {name:34s} PD {map_acc[name]['pd'] * 100:5.1f} %   T1 {map_acc[name]['t1'] * 100:5.1f} %   "
               f"T2 {map_acc[name]['t2'] * 100:5.1f} %")
 
     # timing
@@ -248,6 +281,12 @@ def main():
     timing["estimate_slice_ms"] = round(float(np.median(t_est)) * 1e3, 1)
     print(f"  map estimate: {timing['estimate_volume_s']:.2f} s per 256x256x{Z} volume, "
           f"{timing['estimate_slice_ms']:.0f} ms for one 256x256 slice")
+    t = time.perf_counter()
+    assisted_maps(vol, DEFAULT, model=net, use_cache=False)
+    timing["assisted_estimate_volume_s"] = round(time.perf_counter() - t, 2)
+    timing["assisted_estimate_slice_ms"] = round(float(np.median(t_assist)) * 1e3, 1)
+    print(f"  Param-Net assisted map estimate: {timing['assisted_estimate_volume_s']:.2f} s per 256x256x{Z} volume, "
+          f"{timing['assisted_estimate_slice_ms']:.0f} ms for one 256x256 slice")
 
     # montage: one default input rendered as the presets, beside the truth
     from MRISynthLib.viz import montage
@@ -281,6 +320,7 @@ def main():
         cards = catalog.load_catalog()
         c = cards[card.id]
         c.metrics = {"default_input": r_def, "p2p_input": r_p2p, "both_inputs": r_both,
+                     "default_input_assisted": r_def_a, "p2p_input_assisted": r_p2p_a,
                      "test_set": f"{len(P)} held-out pairs x {len(S)} held-out slices",
                      "generalisation": gen, "map_median_relative_error": map_acc, "diagnosis": diag, "target_psnr": TARGET_D2P}
         c.timing = {"cpu": timing}

@@ -2,6 +2,7 @@
 """Choose the synthesis model's data-consistency refinement on validation data.
 
     python scripts/tune_synth_refine.py [--data runs/paper.h5]
+    python scripts/tune_synth_refine.py --assist       # Param-Net assistance settings
 
 ``refine_fractions`` (MRISynthLib.models.quantitative) has three settings: lam (weight of
 the network's fractions), iters and eps (how freely classes the network ruled out may
@@ -24,6 +25,13 @@ pure CSF voxels pure (5 % of grey matter nearly halves a CSF voxel's effective T
 Score: the mean PSNR of the six image conditions. The shipped defaults (REFINE_LAM,
 REFINE_ITERS, REFINE_EPS) are the best score among the settings that are not worse than
 no refinement in any condition.
+
+``--assist`` scores the settings of ``assisted_maps`` (the predicted contrasts' (TE, TR)
+grid, their weight, the refinement's eps) instead. The Param-Nets were trained on every
+BrainWeb slice but the held-out ones and their neighbours, so this validation uses the
+neighbours above the 5 held-out slices (never trained on by any network), rendered at 40
+training pairs: the default input (Default-to-Param assists) and 20 inputs at other
+training pairs, 4 targets each (Param-to-Param assists); score: the mean of the two.
 """
 import argparse
 import itertools
@@ -36,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_reparam import load_test_data, stats, test_split  # noqa: E402
+from bench_reparam import load_test_data, predict, stats, test_split  # noqa: E402
 from bench_synth import DEFAULT, p2p_predictions, pure_voxel_errors, render_truth, to_u8  # noqa: E402
 from MRISynthLib.data.simulate import normalize_8bit  # noqa: E402
 from MRISynthLib.models.quantitative import REFINE_EPS, REFINE_ITERS, REFINE_LAM  # noqa: E402
@@ -50,8 +58,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="runs/paper.h5")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--assist", action="store_true", help="tune the Param-Net assistance instead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.assist:
+        return tune_assist(a)
     d = load_test_data(a.data)
     net, card = load_model(None, "cpu")
     rng = np.random.default_rng(5)
@@ -118,6 +129,61 @@ def main():
         best = max(ok, key=lambda k: ok[k]["score"])
         print(f"\nbest setting not worse than no refinement anywhere: {best}")
     print(f"shipped defaults: lam {REFINE_LAM:g}, iters {REFINE_ITERS}, eps {REFINE_EPS:g}")
+
+
+def tune_assist(a):
+    from MRISynthLib.tasks.reparam import load_model as load_reparam
+    from MRISynthLib.tasks.synth import (ASSIST_EPS, ASSIST_TE, ASSIST_TR, ASSIST_WEIGHT, assist_contrasts,
+                                         assisted_maps)
+
+    d = load_test_data(a.data)
+    net, _ = load_model(None, "cpu")
+    rng = np.random.default_rng(5)
+    vp = rng.choice(d.train_pairs, 40, replace=False)
+    zs = d.slice_z[d.test_slices] + 1
+    fr = slice_fractions(brainweb_phantom(voxel_mm=2.0), zs, 256)
+    seqs = [SequenceParams("se", float(t), float(r)) for t, r in zip(d.te[vp], d.tr[vp])]
+    truth = [[normalize_8bit(render_truth(f, "mrilab", sq))[0].astype(np.float64) for sq in seqs] for f in fr]
+    default = [normalize_8bit(render_truth(f, "mrilab", DEFAULT))[0].astype(np.float32) for f in fr]
+    r = np.random.default_rng(3)
+    cases = []                     # (slice, input pair, 4 targets): Param-to-Param inputs
+    for i in range(len(fr)):
+        for _ in range(4):
+            j = int(r.integers(len(vp)))
+            cases.append((i, j, r.choice(np.delete(np.arange(len(vp)), j), 4, replace=False)))
+    gt_p = np.stack([truth[i][t] for i, _, tg in cases for t in tg])
+    gt_d = np.stack([g for gg in truth for g in gg])
+    print(f"validation: BrainWeb slices z {', '.join(str(z) for z in zs)} (above the held-out ones) x 40 training "
+          f"pairs; {len(gt_p)} Param-to-Param cases\n")
+    d2p, _ = load_reparam("d2p", "cpu")
+    p2p, _ = load_reparam("p2p", "cpu")
+    ref_d = stats(np.stack([p for x in default for p in predict(d2p, "d2p", np.repeat(x[None], len(vp), 0), d.te[vp],
+                                                                d.tr[vp])]), gt_d)["psnr_mean"]
+    ref_p = stats(np.stack([p for i, j, tg in cases for p in predict(
+        p2p, "p2p", np.repeat(truth[i][j][None], 4, 0).astype(np.float32), d.te[vp][tg], d.tr[vp][tg],
+        np.full(4, d.te[vp][j]), np.full(4, d.tr[vp][j]))]), gt_p)["psnr_mean"]
+    plain_d = stats(np.stack([to_u8(estimate_maps(x / 255.0, DEFAULT, model=net, use_cache=False).render(sq))
+                              for x in default for sq in seqs]), gt_d)["psnr_mean"]
+    print(f"Param-Nets alone: Default-to-Param {ref_d:.2f} dB, Param-to-Param {ref_p:.2f} dB; synthesis without "
+          f"assistance from the default input {plain_d:.2f} dB\n")
+    grids = {"3 x 3": assist_contrasts((0.02, 0.08, 0.3), (1.2, 3.0, 10.0)),
+             "5 x 3": assist_contrasts(ASSIST_TE, ASSIST_TR)}
+    print(f"{'contrasts':10s}{'weight':>8s}{'eps':>8s}{'default input':>15s}{'P2P input':>12s}{'score':>8s}")
+    best = None
+    for (gname, grid), w, eps in itertools.product(grids.items(), (0.003, 0.01, 0.03), (1e-3, 1e-2)):
+        kw = dict(model=net, use_cache=False, weight=w, contrasts=grid, refine_eps=eps)
+        sd = stats(np.stack([to_u8(e.render(sq)) for x in default
+                             for e in [assisted_maps(x / 255.0, DEFAULT, assist_model=d2p, **kw)] for sq in seqs]),
+                   gt_d)["psnr_mean"]
+        sp = stats(np.stack([to_u8(e.render(seqs[t])) for i, j, tg in cases
+                             for e in [assisted_maps(truth[i][j].astype(np.float32) / 255.0, seqs[j], assist_model=p2p,
+                                                     **kw)] for t in tg]), gt_p)["psnr_mean"]
+        sc = (sd + sp) / 2
+        print(f"{gname:10s}{w:8g}{eps:8g}{sd:15.2f}{sp:12.2f}{sc:8.2f}", flush=True)
+        if best is None or sc > best[0]:
+            best = (sc, gname, w, eps)
+    print(f"\nbest: {best[1]} contrasts, weight {best[2]:g}, eps {best[3]:g} (score {best[0]:.2f})")
+    print(f"shipped defaults: {len(ASSIST_TE)} x {len(ASSIST_TR)} contrasts, weight {ASSIST_WEIGHT:g}, eps {ASSIST_EPS:g}")
 
 
 if __name__ == "__main__":

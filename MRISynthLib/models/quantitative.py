@@ -232,7 +232,8 @@ def _fraction_update(f, base, scale, b, imgs, lam: float, eps: float, allowed=No
 
 
 def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE_LAM, iters: int = REFINE_ITERS,
-                     eps: float = REFINE_EPS, top: Optional[int] = None) -> QuantMaps:
+                     eps: float = REFINE_EPS, top: Optional[int] = None, search_inputs: Optional[int] = None
+                     ) -> QuantMaps:
     """Data-consistency refinement of the fractions against the input image(s).
 
     The estimate must reproduce the images it came from: with the estimated compartment
@@ -261,7 +262,9 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
     normalised to its own maximum, so its scale ``c_j`` is the least-squares fit of the
     estimate to it, re-fitted after every update. ``image``: (B, H, W) the first input, or
     (B, M, H, W) the inputs, as the network saw them (maximum 1); ``seq``: the
-    acquisition, or a list of M acquisitions.
+    acquisition, or a list of M acquisitions. ``search_inputs``: fit only the first that
+    many inputs during the scale search (all inputs in the final update): with many
+    inputs, e.g. predicted contrasts, the search then costs what it costs for one.
     """
     if q.logits is None:
         raise ValueError("refinement needs the network's fraction logits")
@@ -285,6 +288,9 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
         model = b[:, None] * torch.einsum("bmk,bkhw->bmhw", base, f)
         return (model * imgs).sum((-2, -1)) / (model * model).sum((-2, -1)).clamp_min(1e-12), model
 
+    n_search = imgs.shape[1] if search_inputs is None else int(search_inputs)
+    if not 1 <= n_search <= imgs.shape[1]:
+        raise ValueError(f"search_inputs must lie in [1, {imgs.shape[1]}]")
     fitted = fit_scales(f0, imgs, b)[0]
     # the scale search runs on every second voxel of each axis (a global scalar per image;
     # 4 times less work), the final update on all voxels
@@ -293,12 +299,14 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
     if imgs.shape[-2] * imgs.shape[-1] >= 64 * 64:
         sub = tuple(None if t is None else t[..., ::2, ::2] for t in full)
 
-    def solve(c, n, data):  # c (B,): the first input's scale correction
+    def solve(c, n, data, m=None):  # c (B,): the first input's scale correction; m: inputs used
         f, im, bb, al = data
-        first, rest = (q.g * c)[:, None], fitted[:, 1:]
+        im, bs = (im, base) if m is None else (im[:, :m], base[:, :m])
+        first, rest = (q.g * c)[:, None], fitted[:, 1:im.shape[1]]
         for _ in range(n):
-            f = _fraction_update(f, base, torch.cat([first, rest], 1), bb, im, lam, eps, al)
-            fit, model = fit_scales(f, im, bb)
+            f = _fraction_update(f, bs, torch.cat([first, rest], 1), bb, im, lam, eps, al)
+            model = bb[:, None] * torch.einsum("bmk,bkhw->bmhw", bs, f)
+            fit = (model * im).sum((-2, -1)) / (model * model).sum((-2, -1)).clamp_min(1e-12)
             rest = fit[:, 1:]     # further inputs: their scales re-fitted to the updated fractions
         res = im - torch.cat([first, rest], 1)[:, :, None, None] * model
         return f, (res * res).sum((1, 2, 3))
@@ -307,7 +315,7 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
     hi = torch.full_like(q.g, math.log(1.4))
     for n_grid in (21, 11):
         grid = torch.stack([lo + (hi - lo) * k / (n_grid - 1) for k in range(n_grid)], 1)    # (B, n)
-        err = torch.stack([solve(torch.exp(grid[:, k]), iters, sub)[1] for k in range(n_grid)], 1)
+        err = torch.stack([solve(torch.exp(grid[:, k]), iters, sub, n_search)[1] for k in range(n_grid)], 1)
         k = err.argmin(1, keepdim=True)
         best = grid.gather(1, k)[:, 0]
         step = (hi - lo) / (n_grid - 1)
@@ -318,7 +326,7 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
     curv = ep - 2 * e0 + em
     shift = torch.where(curv > 0, 0.5 * step * (em - ep) / curv.clamp_min(1e-30), torch.zeros_like(curv))
     cand = best + shift.clamp(-step, step)
-    better = solve(torch.exp(cand), iters, sub)[1] < e0
+    better = solve(torch.exp(cand), iters, sub, n_search)[1] < e0
     c = torch.exp(torch.where(better, cand, best))
     frac, _ = solve(c, iters, full)
     p = b[:, None] * q.pd[:, :, None, None] * frac[:, 1:]

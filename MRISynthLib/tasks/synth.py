@@ -102,7 +102,7 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
                   refine_eps: float = REFINE_EPS, refine_top: Optional[int] = None,
                   cancel: Optional[Callable[[], bool]] = None,
                   progress_callback: Optional[Callable[[float], None]] = None,
-                  flip_average: bool = True) -> MapEstimate:
+                  flip_average: bool = True, refine_extra: Sequence = ()) -> MapEstimate:
     """Estimate compartment maps from one or more co-registered inputs.
 
     ``inputs``: an array/:class:`Volume` or a list of them (same shape; 2D or 3D with
@@ -113,6 +113,9 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     ``refine_top``). ``flip_average``:
     average each slice's estimate with that of its mirror image
     (:func:`MRISynthLib.models.quantitative.flip_averaged`; twice the network's work).
+    ``refine_extra``: ``(image, acquisition, weight)`` triples that only the refinement
+    fits, each scaled freely and its squared residual weighted by ``weight`` (the network
+    never sees them): predicted contrasts, e.g. the Param-Net's (:func:`assisted_maps`).
     Inputs are never modified.
     """
     ims = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
@@ -122,6 +125,16 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
         raise ValueError(f"{len(arrs)} input image(s) but {len(seqs)} acquisition(s)")
     for a in arrs:
         check_image_array(a)
+    extra = [(np.asarray(im.array if isinstance(im, Volume) else im), _as_seq(sq), float(w))
+             for im, sq, w in refine_extra]
+    for im, _, w in extra:
+        check_image_array(im)
+        if im.shape != arrs[0].shape:
+            raise ValueError(f"refine_extra images must have the input's shape {arrs[0].shape}; got {im.shape}")
+        if not (w > 0 and np.isfinite(w)):
+            raise ValueError("refine_extra weights must be positive")
+    if extra and not refine:
+        raise ValueError("refine_extra needs refine=True")
     if isinstance(model, QuantNet):
         net, card_key = model.eval(), f"object-{id(model)}"
         net = net.to(resolve_device(device))
@@ -132,14 +145,16 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     M = net.cfg.n_inputs
     if len(arrs) > M:
         raise ValueError(f"this model takes at most {M} input images")
-    key = (_key(arrs, seqs, f"{card_key}{dev}{refine}{refine_lam}/{refine_iters}/{refine_eps}/{refine_top}{flip_average}")
-           if use_cache else None)
+    tag = f"{card_key}{dev}{refine}{refine_lam}/{refine_iters}/{refine_eps}/{refine_top}{flip_average}"
+    tag += "".join(f"/extra{w!r}" for _, _, w in extra)
+    key = _key(arrs + [e[0] for e in extra], seqs + [e[1] for e in extra], tag) if use_cache else None
     if key is not None and key in _ESTIMATE_CACHE:
         _ESTIMATE_CACHE.move_to_end(key)
         return _ESTIMATE_CACHE[key]
 
     is_2d = arrs[0].ndim == 2
     vols = [np.clip(a[None] if is_2d else a, 0, None) for a in arrs]
+    extra_vols = [np.clip(im[None] if is_2d else im, 0, None) for im, _, _ in extra]
     Z, H, W = vols[0].shape
     K = net.cfg.compartments
     scaled = np.zeros((K, Z, H, W), np.float32)
@@ -162,7 +177,21 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
             at = torch.from_numpy(acq).to(dev)
             q = flip_averaged(net, xt, at) if flip_average else net(xt, at)
             if refine:
-                q = refine_fractions(q, xt[:, :len(seqs)], seqs, refine_lam, refine_iters, refine_eps, refine_top)
+                ims_t, ref_seqs = xt[:, :len(seqs)], list(seqs)
+                if extra:
+                    # each normalised to its maximum, then weighted: sqrt(w) on the image is w on
+                    # its squared residual, since every further input's scale is fitted freely
+                    ex = np.stack([c / np.where(m > 0, m, 1.0)[:, None, None] * np.sqrt(w)
+                                   for c, m, w in ((e[z0:z0 + batch_size].astype(np.float32),
+                                                    e[z0:z0 + batch_size].reshape(b, -1).max(1), w)
+                                                   for e, (_, _, w) in zip(extra_vols, extra))], 1)
+                    ext = torch.from_numpy(ex).to(dev)
+                    if (H, W) != (NET_SIZE, NET_SIZE):
+                        ext = F.interpolate(ext, size=(NET_SIZE, NET_SIZE), mode="bilinear", align_corners=False,
+                                            antialias=True)
+                    ims_t, ref_seqs = torch.cat([ims_t, ext.to(ims_t.dtype)], 1), ref_seqs + [e[1] for e in extra]
+                q = refine_fractions(q, ims_t, ref_seqs, refine_lam, refine_iters, refine_eps, refine_top,
+                                     search_inputs=len(seqs))   # the scale search fits the real inputs only
             p = q.p
             if (H, W) != (NET_SIZE, NET_SIZE):
                 p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False, antialias=True).clamp_min(0)
@@ -182,6 +211,94 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     rel = np.exp(logs / np.maximum(mass_tot, 1e-12)).astype(np.float32)
     rel = np.where(mass_tot > 0, rel, 1.0).astype(np.float32)
     est = MapEstimate(scaled, g_all, rel[0], np.minimum(rel[1], rel[0]), np.minimum(rel[2], rel[1]), is_2d)
+    if key is not None:
+        _ESTIMATE_CACHE[key] = est
+        while len(_ESTIMATE_CACHE) > ESTIMATE_CACHE_SIZE:
+            _ESTIMATE_CACHE.popitem(last=False)
+    return est
+
+
+# Param-Net assistance (``assisted_maps``): the spin-echo contrasts the Param-Net predicts
+# from the input, each fitted by the refinement with weight ASSIST_WEIGHT; refinement eps
+# ASSIST_EPS. Chosen on validation slices that no network was trained on
+# (``scripts/tune_synth_refine.py --assist``).
+ASSIST_TE = (0.02, 0.05, 0.12, 0.3, 0.7)
+ASSIST_TR = (1.2, 3.0, 10.0)
+ASSIST_WEIGHT = 0.003
+ASSIST_EPS = 1e-3
+
+
+def assist_contrasts(te=ASSIST_TE, tr=ASSIST_TR) -> list:
+    """The (TE, TR) grid of predicted spin echoes, seconds."""
+    return [(float(e), float(r)) for e in te for r in tr]
+
+
+def assist_model_for(acquisition: SequenceParams) -> str:
+    """``d2p`` for an input at the Default-to-Param acquisition (spin echo TE 50 ms, TR 4.5 s,
+    within 10 %), else ``p2p``."""
+    from .reparam import DEFAULT_TE, DEFAULT_TR
+
+    default = abs(acquisition.te - DEFAULT_TE) <= 0.1 * DEFAULT_TE and abs(acquisition.tr - DEFAULT_TR) <= 0.1 * DEFAULT_TR
+    return "d2p" if default else "p2p"
+
+
+def assisted_maps(volume: Union[np.ndarray, Volume], acquisition, model: Union[str, QuantNet, None] = None,
+                  assist_model=None, device=None, weight: float = ASSIST_WEIGHT, contrasts=None,
+                  refine_eps: float = ASSIST_EPS, progress: bool = False, use_cache: bool = True,
+                  cancel: Optional[Callable[[], bool]] = None,
+                  progress_callback: Optional[Callable[[float], None]] = None, flip_average: bool = True,
+                  **estimate_kwargs) -> MapEstimate:
+    """Map estimate of one spin-echo input, refined against the input *and* the spin echoes
+    that the re-parameterization Param-Net predicts from it.
+
+    One image fixes one equation per voxel, so mixtures of three tissues stay ambiguous;
+    the Param-Net (trained end to end on such images) predicts the same slice at
+    ``contrasts`` ((TE, TR) pairs; default :func:`assist_contrasts`, 15 spin echoes over
+    the trained range), and :func:`estimate_maps` fits those too (``refine_extra``, each
+    with ``weight`` and a free scale; the scale search uses the input only). The result is
+    still one physical estimate: any SE/IR/GRE contrast, maps, cached re-renders.
+    ``assist_model``: ``"d2p"``, ``"p2p"``, a catalog id or a model (default:
+    :func:`assist_model_for` the acquisition). Costs one Param-Net pass per contrast
+    (flip-averaged like the task function) on top of the estimate. Spin-echo inputs only
+    (the Param-Nets are spin-echo models). ``estimate_kwargs`` go to :func:`estimate_maps`.
+    """
+    from .reparam import reparameterize
+
+    seq = _as_seq(acquisition)
+    if seq.sequence != "se":
+        raise ValueError("Param-Net assistance needs a spin-echo input (the Param-Nets model spin echoes only)")
+    if not (weight > 0 and np.isfinite(weight)):
+        raise ValueError("the assistance weight must be positive")
+    arr = volume.array if isinstance(volume, Volume) else np.asarray(volume)
+    check_image_array(arr)
+    pairs = assist_contrasts() if contrasts is None else [(float(e), float(r)) for e, r in contrasts]
+    if not pairs:
+        raise ValueError("give at least one (TE, TR) contrast to predict")
+    rmodel = assist_model or assist_model_for(seq)
+    key = None
+    if use_cache and isinstance(rmodel, str) and (model is None or isinstance(model, str)):
+        tag = f"assist/{model}/{rmodel}/{device}/{weight!r}/{pairs}/{refine_eps!r}/{flip_average}/{sorted(estimate_kwargs.items())}"
+        key = _key([arr], [seq], tag)
+        if key in _ESTIMATE_CACHE:
+            _ESTIMATE_CACHE.move_to_end(key)
+            return _ESTIMATE_CACHE[key]
+    n = len(pairs) + 1
+    bar = tqdm(total=n, desc="Param-Net assistance", unit="step", disable=not progress)
+
+    def stage(i):
+        return None if progress_callback is None else (lambda f: progress_callback((i + f) / n))
+
+    extra = []
+    for i, (te, tr) in enumerate(pairs):
+        pred = reparameterize(arr, seq.te, seq.tr, te, tr, model=rmodel, device=device, cancel=cancel,
+                              progress_callback=stage(i), flip_average=flip_average)
+        extra.append((pred, SequenceParams("se", te, tr), weight))
+        bar.update(1)
+    est = estimate_maps(arr, seq, model=model, device=device, use_cache=False, refine_eps=refine_eps,
+                        refine_extra=extra, cancel=cancel, progress_callback=stage(n - 1),
+                        flip_average=flip_average, **estimate_kwargs)
+    bar.update(1)
+    bar.close()
     if key is not None:
         _ESTIMATE_CACHE[key] = est
         while len(_ESTIMATE_CACHE) > ESTIMATE_CACHE_SIZE:
