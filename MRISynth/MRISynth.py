@@ -165,6 +165,7 @@ class MRISynthParameterNode:
     synthSecondVolume: vtkMRMLScalarVolumeNode
     synthSecondTE: float = 0.015
     synthSecondTR: float = 0.6
+    synthAssist: bool = False
     saveMaps: bool = False
     liveRender: bool = False
     reconSource: str = "input volume (simulated)"
@@ -588,14 +589,16 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
                               flip=p.synthFlip if p.synthSequence == "gre" else None)
 
     def synthesize(self, inputNode, target, inputTE=None, inputTR=None, device="auto", outputNode=None,
-                   saveMaps=False, cancel=None, progress=None, secondNode=None, secondTE=None, secondTR=None):
+                   saveMaps=False, cancel=None, progress=None, secondNode=None, secondTE=None, secondTR=None,
+                   assist=False):
         """Render ``target`` (a MRISynthLib.physics.signal.SequenceParams, e.g. PRESETS["FLAIR"]) from a
         spin-echo input (and optionally a second spin echo of the same grid, ``secondNode``) through the
-        estimated PD/T1/T2; returns (outputNode, maps dict)."""
+        estimated PD/T1/T2; returns (outputNode, maps dict). ``assist``: one input only; also fit the
+        spin echoes the re-parameterization Param-Net predicts from it (better, several times slower)."""
         from MRISynthLib.mrml import synthesize_node
         return synthesize_node(slicer.mrmlScene, inputNode, target, inputTE, inputTR, device=device,
                                output_node=outputNode, save_maps=saveMaps, cancel=cancel, progress_callback=progress,
-                               second_node=secondNode, second_te=secondTE, second_tr=secondTR)
+                               second_node=secondNode, second_te=secondTE, second_tr=secondTR, assist=assist)
 
     def reconstruct(self, inputNode=None, kspaceFile=None, method="cs", mask="vd1d", accel=4.0, device="auto",
                     outputNode=None, cancel=None, progress=None):
@@ -632,7 +635,7 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
         if p.task == TASK_SYNTH:
             settings = {**base, "sequence": p.synthSequence, "te": p.synthTE, "tr": p.synthTR, "ti": p.synthTI,
                         "flip": p.synthFlip, "input_te": p.inputTE, "input_tr": p.inputTR, "save_maps": p.saveMaps,
-                        "second_input": bool(p.synthSecondVolume)}
+                        "second_input": bool(p.synthSecondVolume), "assist": p.synthAssist and not p.synthSecondVolume}
             if p.synthSecondVolume:  # the node itself: MRISynthLogic.startBackground passes it on
                 settings.update(second_te=p.synthSecondTE, second_tr=p.synthSecondTR)
             return "synth", settings, p.inputVolume, None, p.outputVolume
@@ -663,7 +666,8 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
                                     device=p.device, outputNode=p.outputVolume, saveMaps=p.saveMaps and withMaps,
                                     cancel=cancel, progress=progress, secondNode=second,
                                     secondTE=p.synthSecondTE if second else None,
-                                    secondTR=p.synthSecondTR if second else None)
+                                    secondTR=p.synthSecondTR if second else None,
+                                    assist=p.synthAssist and not second)
         p.outputVolume = out
         return out
 

@@ -136,7 +136,8 @@ def command(task: str, workdir, settings: dict, python: Optional[str] = None) ->
     """The argument list that runs ``task`` on the inputs in ``workdir``.
 
     ``settings``: reparam: target_te, target_tr, model; synth: sequence, te, tr, ti, flip,
-    save_maps, second_input (True: ``SECOND_INPUT`` was written too); translate: direction; recon: method; cine: method, accel; all: device.
+    save_maps, second_input (True: ``SECOND_INPUT`` was written too), assist (one input:
+    Param-Net assistance); translate: direction; recon: method; cine: method, accel; all: device.
     Input TE/TR come from the input file's header.
     """
     w = Path(workdir)
@@ -157,6 +158,8 @@ def command(task: str, workdir, settings: dict, python: Optional[str] = None) ->
             args.append("--save-maps")
         if settings.get("second_input"):
             args += ["--input", str(w / SECOND_INPUT)]
+        elif settings.get("assist"):
+            args.append("--assist")
     elif task == "translate":
         args += ["--direction", settings.get("direction", "t1_to_t2")]
     elif task == "recon":

@@ -202,7 +202,7 @@ _LAST_SYNTH: dict = {}
 def synthesize_node(scene, input_node, target, input_te: Optional[float] = None, input_tr: Optional[float] = None,
                     model=None, device="auto", output_node=None, save_maps: bool = False, cancel=None,
                     progress_callback=None, second_node=None, second_te: Optional[float] = None,
-                    second_tr: Optional[float] = None):
+                    second_tr: Optional[float] = None, assist: bool = False):
     """Physics-informed synthesis of ``target`` (a :class:`SequenceParams`) from a spin-echo
     input node; returns ``(output_node, maps)`` where ``maps`` maps "pd"/"t1"/"t2"/"t2star"
     to new nodes when ``save_maps`` (PD relative to water, times in seconds).
@@ -211,16 +211,20 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
     TE/TR, ``second_te``/``second_tr`` or its header); the estimate then fits both, which
     pins down mixtures of three tissues that one image cannot (see the README's synthesis
     table). Resample it onto the first input's grid first if it was acquired on another.
+    ``assist``: with one input, also fit the spin echoes that the re-parameterization
+    Param-Net predicts from it (:func:`MRISynthLib.tasks.synth.assisted_maps`).
 
     The map estimate is cached by the library, so calling this again with another target
     (a slider move) only re-renders. The input nodes are never modified and nothing is
     added to the scene before the whole volume is computed.
     """
     from .physics.signal import SequenceParams
-    from .tasks.synth import estimate_maps
+    from .tasks.synth import assisted_maps, estimate_maps
 
     if not isinstance(target, SequenceParams):
         raise TypeError("target must be a SequenceParams")
+    if assist and second_node is not None:
+        raise ValueError("Param-Net assistance takes one input; with a second scan both scans are fitted instead")
     input_te, input_tr = _input_times(input_node, output_node, input_te, input_tr)
     nodes, times = [input_node], [(input_te, input_tr)]
     if second_node is not None:
@@ -230,7 +234,7 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
         nodes.append(second_node)
     key = tuple((n.GetID(), n.GetMTime(), n.GetImageData().GetMTime() if n.GetImageData() is not None else None)
                 for n in nodes) + (tuple(times), model if model is None or isinstance(model, str) else id(model),
-                                   str(device))
+                                   str(device), bool(assist))
     if key in _LAST_SYNTH:
         vol, est = _LAST_SYNTH[key]
     else:
@@ -238,8 +242,13 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
         vol = vols[0]
         for other in vols[1:]:
             _check_same_grid(vol, other)
-        est = estimate_maps(vols if len(vols) > 1 else vol, [SequenceParams("se", te, tr) for te, tr in times],
-                            model=model, device=device, cancel=cancel, progress_callback=progress_callback)
+        seqs = [SequenceParams("se", te, tr) for te, tr in times]
+        if assist:
+            est = assisted_maps(vol, seqs[0], model=model, device=device, cancel=cancel,
+                                progress_callback=progress_callback)
+        else:
+            est = estimate_maps(vols if len(vols) > 1 else vol, seqs, model=model, device=device, cancel=cancel,
+                                progress_callback=progress_callback)
         _LAST_SYNTH.clear()
         _LAST_SYNTH[key] = (vol, est)
     out = vol.with_array(est.render(target))

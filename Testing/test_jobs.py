@@ -201,9 +201,11 @@ def test_synth_background_run_with_a_second_input(tmp_path, se_slab):
         mrml.write_job_inputs("synth", tmp_path, settings, input_node=node, second_node=moved)
     mrml.write_job_inputs("synth", tmp_path, settings, input_node=node, second_node=second)
     assert read_volume(tmp_path / jobs.SECOND_INPUT).acquisition == pytest.approx({"te": 0.015, "tr": 0.5})
-    args = jobs.command("synth", tmp_path, settings)
+    args = jobs.command("synth", tmp_path, {**settings, "assist": True})
     assert [args[i + 1] for i, a in enumerate(args) if a == "--input"] == [
         str(tmp_path / jobs.INPUT["synth"]), str(tmp_path / jobs.SECOND_INPUT)]
+    assert "--assist" not in args                       # assistance is for one input only
+    assert "--assist" in jobs.command("synth", tmp_path, {**settings, "second_input": False, "assist": True})
     rc, _, _, err = _run("synth", tmp_path, settings)
     assert rc == 0, err
     out, _ = mrml.job_result_to_scene(scene, "synth", jobs.read_outputs("synth", tmp_path), settings, input_node=node)

@@ -128,7 +128,7 @@ def test_job_from_parameters_covers_every_task(module):
     p = types.SimpleNamespace(task=None, device="cpu", targetTE=0.1, targetTR=4.0, inputTE=0.05, inputTR=4.5,
                               model="d2p", synthSequence="gre", synthTE=0.005, synthTR=0.02, synthTI=1.0,
                               synthFlip=20.0, saveMaps=False, synthSecondVolume=None, synthSecondTE=0.015,
-                              synthSecondTR=0.6, translateDirection="t1_to_t2", reconMethod="cs",
+                              synthSecondTR=0.6, synthAssist=True, translateDirection="t1_to_t2", reconMethod="cs",
                               reconMask="vd1d", reconAccel=4.0, reconSource=mod.RECON_FROM_FILE,
                               kspaceFile=sample_path("MRISynthBrainWebKspace"), cineMethod="cascade", cineAccel=5.0,
                               inputVolume=node, outputVolume=None, inputSequence="seq", outputSequence=None)
@@ -141,6 +141,8 @@ def test_job_from_parameters_covers_every_task(module):
         args = jobs.command(task, "/tmp/w", settings)  # every setting the command needs is there
         assert args[4] == name and "--device" in args
         assert mrml.output_name(task, "SE", **settings)
+        if task == "synth":                      # one input: the panel's assistance reaches the command
+            assert settings["assist"] and "--assist" in args and not settings["second_input"]
     assert kfile is None and inp == "seq"
 
 
@@ -155,7 +157,7 @@ def test_synthesis_from_two_scans_with_the_panel_settings(module):
     p = types.SimpleNamespace(task=mod.TASK_SYNTH, device="cpu", inputTE=0.05, inputTR=4.5, synthSequence="ir",
                               synthTE=0.12, synthTR=9.0, synthTI=2.5, synthFlip=20.0, saveMaps=False,
                               synthSecondVolume=second, synthSecondTE=0.015, synthSecondTR=0.5, inputVolume=node,
-                              outputVolume=None)
+                              outputVolume=None, synthAssist=True)
     check = mod.MRISynthLogic.validateSettings
     assert check(p) is None
     for change, problem in (({"synthSecondVolume": node}, "another volume"), ({"outputVolume": second}, "second input"),
@@ -163,6 +165,7 @@ def test_synthesis_from_two_scans_with_the_panel_settings(module):
         assert problem in check(types.SimpleNamespace(**{**vars(p), **change}))
     task, settings, inp, _, _ = mod.MRISynthLogic.jobFromParameters(p)
     assert settings["second_input"] and settings["second_tr"] == 0.5 and inp is node
+    assert not settings["assist"]                # assistance is for one input; two scans are fitted instead
     logic = mod.MRISynthLogic()
     direct = logic.synthesizeFromParameters(types.SimpleNamespace(**vars(p)))
     done = []

@@ -150,6 +150,30 @@ def test_synthesize_node_with_a_second_input(scene_and_node):
         mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, second_node=second)
 
 
+def test_synthesize_node_with_param_net_assistance(scene_and_node):
+    """``assist``: the estimate also fits the Param-Net's predictions (the render differs
+    from the plain one), the input is untouched; with a second scan it is refused."""
+    import torch
+
+    from MRISynthLib.models.quantitative import QuantConfig, QuantNet
+    from MRISynthLib.physics.signal import PRESETS
+
+    scene, node, vol = scene_and_node
+    torch.manual_seed(0)
+    net = QuantNet(QuantConfig(widths=[8, 16], head_width=16))
+    before = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    plain, _ = mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, device="cpu")
+    helped, _ = mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, device="cpu", assist=True)
+    a, b = slicer.util.arrayFromVolume(plain), slicer.util.arrayFromVolume(helped)
+    assert a.shape == b.shape and not np.allclose(a, b)
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(helped), mrml.node_ijk_to_ras(node))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    second = mrml.write_volume_node(scene, vol, "T1w")
+    with pytest.raises(ValueError, match="one input"):
+        mrml.synthesize_node(scene, node, PRESETS["FLAIR"], 0.05, 4.5, model=net, second_node=second,
+                             second_te=0.015, second_tr=0.6, assist=True)
+
+
 def test_reconstruct_node_from_volume_and_from_file(scene_and_node, tmp_path):
     from MRISynthLib.cli import main
     from MRISynthLib.metrics import nrmse
