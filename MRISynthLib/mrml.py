@@ -194,7 +194,7 @@ def _check_same_grid(vol, other) -> None:
                          "origin and directions); resample it onto the first input first")
 
 
-# the last synthesis input: (node id, node and image MTimes, TE, TR, model, device) -> (Volume, estimate),
+# the last synthesis input: (node id, node and image MTimes, TE, TR, model, device, assist) -> (Volume, estimate),
 # so that a slider move neither copies the input out of the node nor hashes it again
 _LAST_SYNTH: dict = {}
 
