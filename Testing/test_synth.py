@@ -460,3 +460,34 @@ def test_cli_synth_assist_runs_the_assisted_estimate(tmp_path, capsys):
     assert main(["synth", "-i", str(src), "-i", str(t1), "--input-te", "0.05", "--input-te", "0.015", "--input-tr",
                  "4.5", "--input-tr", "0.5", "--preset", "FLAIR", "-o", str(tmp_path / "x.nrrd"), "--assist"]) == 2
     assert "one spin-echo input" in capsys.readouterr().err and not (tmp_path / "x.nrrd").exists()
+
+
+@pytest.mark.parametrize("n_inputs", [1, 2, 3, 7])
+def test_fraction_update_solves_the_constrained_least_squares(n_inputs):
+    """One refinement update against a per-voxel KKT solve of
+    min lam sum_k d_k^2 / w_k + sum_j (A d - e)_j^2 subject to sum_k d_k = 0, for one, two
+    and three inputs (the M x M path) and for more inputs than classes (the class-space path)."""
+    from MRISynthLib.models.quantitative import _fraction_update
+
+    g = torch.Generator().manual_seed(n_inputs)
+    B, K1, H, W, lam, eps = 2, 4, 3, 5, 1e-2, 1e-2
+    f = torch.rand(B, K1, H, W, generator=g) + 0.5
+    f = f / f.sum(1, keepdim=True)
+    base = torch.rand(B, n_inputs, K1, generator=g)
+    base[:, :, 0] = 0.0                                                  # the "no tissue" class
+    scale = 0.5 + torch.rand(B, n_inputs, generator=g)
+    b = 0.8 + 0.4 * torch.rand(B, H, W, generator=g)
+    model = scale[:, :, None, None] * b[:, None] * torch.einsum("bmk,bkhw->bmhw", base, f)
+    imgs = model + 0.01 * torch.randn(model.shape, generator=g)          # small residuals: no clipping
+    got = _fraction_update(f, base, scale, b, imgs, lam, eps)
+    fd, bd = f.double().numpy(), base.double().numpy()
+    for i in range(B):
+        for y in range(H):
+            for x in range(W):
+                A = (scale[i].double().numpy() * float(b[i, y, x]))[:, None] * bd[i]
+                e = imgs[i, :, y, x].double().numpy() - A @ fd[i, :, y, x]
+                kkt = np.zeros((K1 + 1, K1 + 1))
+                kkt[:K1, :K1] = 2 * (lam * np.diag(1 / (fd[i, :, y, x] + eps)) + A.T @ A)
+                kkt[:K1, K1] = kkt[K1, :K1] = 1.0
+                d = np.linalg.solve(kkt, np.concatenate([2 * A.T @ e, [0.0]]))[:K1]
+                np.testing.assert_allclose(got[i, :, y, x].double().numpy(), fd[i, :, y, x] + d, atol=2e-5)

@@ -199,13 +199,17 @@ def _fraction_update(f, base, scale, b, imgs, lam: float, eps: float, allowed=No
 
         min_f  lam sum_k (f_k - f~_k)^2 / (f~_k + eps) + sum_j (model_j(f) - image_j)^2,  sum_k f_k = sum_k f~_k,
 
-    solved in closed form (an M x M system), then clipped at 0 and renormalised. With
+    solved in closed form (an M x M system, or a (K+1) x (K+1) one when there are more
+    inputs than classes: :func:`_class_space_delta`), then clipped at 0 and renormalised. With
     ``allowed`` (B, K+1, H, W) of 0/1 only those classes change (their sum is kept)."""
     w = f + eps if allowed is None else (f + eps) * allowed
     sw = w.sum(1)                                                               # (B, H, W)
     mean = torch.einsum("bmk,bkhw->bmhw", base, w) / sw[:, None]                # weighted mean intensity
     cb = scale[:, :, None, None] * b[:, None]                                   # (B, M, H, W)
     e = imgs - cb * torch.einsum("bmk,bkhw->bmhw", base, f)                     # residuals
+    if imgs.shape[1] > base.shape[2]:
+        delta = _class_space_delta(w, base, scale, b, mean, e, lam)
+        return _clip_renormalise(f, f + delta, allowed)
     second = torch.einsum("bmk,bnk,bkhw->bmnhw", base, base, w)                 # sum_k w base_j base_l
     gram = cb[:, :, None] * cb[:, None] * (second - sw[:, None, None] * mean[:, :, None] * mean[:, None])
     M = imgs.shape[1]
@@ -224,7 +228,34 @@ def _fraction_update(f, base, scale, b, imgs, lam: float, eps: float, allowed=No
     # delta_k = w_k sum_j cb_j (base_jk - mean_j) u_j / lam
     cu = cb * u                                                                 # (B, M, H, W)
     delta = w * (torch.einsum("bmk,bmhw->bkhw", base, cu) - (mean * cu).sum(1, keepdim=True)) / lam
-    new = (f + delta).clamp_min(0.0)
+    return _clip_renormalise(f, f + delta, allowed)
+
+
+def _class_space_delta(w, base, scale, b, mean, e, lam: float):
+    """The update of :func:`_fraction_update` for more inputs M than classes K + 1: by the
+    push-through identity W A'^T (lam I + A' W A'^T)^-1 = (lam I + W A'^T A')^-1 W A'^T (A'
+    the centred M x (K+1) model matrix) it is one symmetric (K+1) x (K+1) solve per voxel,
+    D (lam I + D A'^T A' D) ^-1 D A'^T e with D = W^1/2, in place of the M x M one."""
+    s2 = (scale * scale)[:, :, None]                                            # (B, M, 1)
+    g0 = torch.einsum("bmk,bml->bkl", s2 * base, base)                          # sum_j s_j^2 base_j base_j^T
+    v = torch.einsum("bmk,bmhw->bkhw", s2 * base, mean)                         # sum_j s_j^2 mean_j base_j
+    c = (s2[:, :, :, None] * mean * mean).sum(1)                                # sum_j s_j^2 mean_j^2
+    b2 = (b * b).double()
+    ata = b2[:, :, :, None, None] * (g0.double()[:, None, None] - v.double().permute(0, 2, 3, 1)[..., :, None]
+                                     - v.double().permute(0, 2, 3, 1)[..., None, :]
+                                     + c.double()[..., None, None])              # (B, H, W, K+1, K+1)
+    rhs = b[:, None] * (torch.einsum("bmk,bmhw->bkhw", scale[:, :, None] * base, e)
+                        - (scale[:, :, None, None] * mean * e).sum(1, keepdim=True))    # A'^T e (B, K+1, H, W)
+    d = w.double().sqrt().permute(0, 2, 3, 1)                                   # (B, H, W, K+1)
+    mat = d[..., :, None] * ata * d[..., None, :]
+    mat.diagonal(dim1=-2, dim2=-1).add_(lam)
+    y = torch.linalg.solve(mat, (d * rhs.double().permute(0, 2, 3, 1))[..., None])[..., 0]
+    return (d * y).permute(0, 3, 1, 2).to(w.dtype)
+
+
+def _clip_renormalise(f, new, allowed):
+    """Clip updated fractions at 0 and restore the sum of the classes that may change."""
+    new = new.clamp_min(0.0)
     if allowed is None:   # clipping changed the sum: rescale to the old one
         return new * f.sum(1, keepdim=True) / new.sum(1, keepdim=True).clamp_min(1e-12)
     before, after = (f * allowed).sum(1, keepdim=True), (new * allowed).sum(1, keepdim=True)
@@ -243,7 +274,8 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
 
         min_f  lam sum_k (f_k - f~_k)^2 / (f~_k + eps) + sum_j (I_j(x; f) - image_j(x))^2
 
-    with their sum kept (closed form, an M x M solve per voxel; then clipped at 0 and
+    with their sum kept (closed form, an M x M or (K+1) x (K+1) solve per voxel, whichever
+    is smaller; then clipped at 0 and
     renormalised), ``iters`` times, each around the last result. The weights
     ``1 / (f~_k + eps)`` let the classes present in a voxel take the correction (a few
     per cent of CSF too many in a grey-matter voxel, a wrong two-tissue split) while
