@@ -276,19 +276,18 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.toolTip = problem or APPLY_TIPS.get(p.task, "")
 
     def onInputChanged(self, node):
-        # input TE/TR recorded on the node (samples, MRISynth outputs) or in its DICOM header
-        acq = MRISynthLogic.acquisitionFromNode(node) if node else {}
-        if acq.get("te") and acq.get("tr") and self._parameterNode:
-            self._parameterNode.inputTE = acq["te"]
-            self._parameterNode.inputTR = acq["tr"]
-            self.log(f"input TE/TR of {node.GetName()}: {acq['te'] * 1e3:g} / {acq['tr'] * 1e3:g} ms")
+        self._timesFromNode(node, "inputTE", "inputTR", "input")
 
     def onSecondInputChanged(self, node):
+        self._timesFromNode(node, "synthSecondTE", "synthSecondTR", "second input")
+
+    def _timesFromNode(self, node, teName, trName, label):
+        # TE/TR recorded on the node (samples, MRISynth outputs) or in its DICOM header
         acq = MRISynthLogic.acquisitionFromNode(node) if node else {}
         if acq.get("te") and acq.get("tr") and self._parameterNode:
-            self._parameterNode.synthSecondTE = acq["te"]
-            self._parameterNode.synthSecondTR = acq["tr"]
-            self.log(f"second input TE/TR of {node.GetName()}: {acq['te'] * 1e3:g} / {acq['tr'] * 1e3:g} ms")
+            setattr(self._parameterNode, teName, acq["te"])
+            setattr(self._parameterNode, trName, acq["tr"])
+            self.log(f"{label} TE/TR of {node.GetName()}: {acq['te'] * 1e3:g} / {acq['tr'] * 1e3:g} ms")
 
     def onDeviceChanged(self, index):
         if self._parameterNode:

@@ -188,6 +188,14 @@ def reparameterize_node(scene, input_node, target_te: float, target_tr: float, i
     return node
 
 
+def _second_input_times(input_node, second_node, output_node, second_te, second_tr):
+    """The second synthesis input's TE/TR (given, else its header); refuses the first input
+    or the output node as the second input."""
+    if second_node is input_node:
+        raise ValueError("the second input must be another volume than the first")
+    return _input_times(second_node, output_node, second_te, second_tr)
+
+
 def _check_same_grid(vol, other) -> None:
     if other.array.shape != vol.array.shape or not np.allclose(ijk_to_ras(other), ijk_to_ras(vol), atol=1e-3):
         raise ValueError("the second input must have the first input's voxel grid (dimensions, spacing, "
@@ -228,9 +236,7 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
     input_te, input_tr = _input_times(input_node, output_node, input_te, input_tr)
     nodes, times = [input_node], [(input_te, input_tr)]
     if second_node is not None:
-        if second_node is input_node:
-            raise ValueError("the second input must be another volume than the first")
-        times.append(_input_times(second_node, output_node, second_te, second_tr))
+        times.append(_second_input_times(input_node, second_node, output_node, second_te, second_tr))
         nodes.append(second_node)
     key = tuple((n.GetID(), n.GetMTime(), n.GetImageData().GetMTime() if n.GetImageData() is not None else None)
                 for n in nodes) + (tuple(times), model if model is None or isinstance(model, str) else id(model),
@@ -447,9 +453,8 @@ def write_job_inputs(task: str, workdir, settings: dict, input_node=None, kspace
     if second_node is not None:
         if task != "synth":
             raise ValueError("only the synth task takes a second input")
-        if second_node is input_node:
-            raise ValueError("the second input must be another volume than the first")
-        te2, tr2 = _input_times(second_node, None, settings.get("second_te"), settings.get("second_tr"))
+        te2, tr2 = _second_input_times(input_node, second_node, None, settings.get("second_te"),
+                                       settings.get("second_tr"))
         second, second_acq = volume_from_node(second_node), {"te": te2, "tr": tr2}
         _check_same_grid(vol, second)
     return jobs.write_inputs(task, workdir, vol, acquisition=acq, second_volume=second,

@@ -162,33 +162,28 @@ def main():
         preds[mode] = pr
         rows[f"{'Default' if mode == 'd2p' else 'Param'}-to-Param ({rcard.id})"] = stats(pr, gts)
 
+    def from_default_input(estimator):
+        """One estimate per test slice from its default input (timed), and its render of each target."""
+        ests_, times = {}, []
+        for s in S:
+            t = time.perf_counter()
+            ests_[s] = estimator(d.default_image(P[0], s).astype(np.float32) / 255.0, DEFAULT, model=net,
+                                 use_cache=False)
+            times.append(time.perf_counter() - t)
+        pr_ = np.stack([to_u8(ests_[s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
+                        for b, s in zip(bb, ss)])
+        return ests_, times, pr_
+
     # synthesis from the default input: one estimate per slice, 40 renders each
-    t_est = []
-    ests = {}
-    for s in S:
-        t = time.perf_counter()
-        ests[s] = estimate_maps(d.default_image(P[0], s).astype(np.float32) / 255.0, DEFAULT, model=net,
-                                use_cache=False)
-        t_est.append(time.perf_counter() - t)
-    pr = np.stack([to_u8(ests[s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
-                   for b, s in zip(bb, ss)])
-    preds["synth_default"] = pr
-    rows[f"synthesis from the default input ({card.id})"] = r_def = stats(pr, gts)
+    ests, t_est, preds["synth_default"] = from_default_input(estimate_maps)
+    rows[f"synthesis from the default input ({card.id})"] = r_def = stats(preds["synth_default"], gts)
     # from the P2P input, and from both
     estimate = lambda x, sq: estimate_maps(x, sq, model=net, use_cache=False)  # noqa: E731
     preds["synth_p2p"], both = p2p_predictions(d, bb, ss, aa, estimate)
     rows[f"synthesis from the P2P input ({card.id})"] = r_p2p = stats(preds["synth_p2p"], gts)
     rows[f"synthesis from default + P2P inputs ({card.id})"] = r_both = stats(both, gts)
     # with Param-Net assistance (one input; d2p for the default input, p2p for the others)
-    t_assist = []
-    ests_a = {}
-    for s in S:
-        t = time.perf_counter()
-        ests_a[s] = assisted_maps(d.default_image(P[0], s).astype(np.float32) / 255.0, DEFAULT, model=net,
-                                  use_cache=False)
-        t_assist.append(time.perf_counter() - t)
-    preds["assist_default"] = np.stack([to_u8(ests_a[s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
-                                        for b, s in zip(bb, ss)])
+    _, t_assist, preds["assist_default"] = from_default_input(assisted_maps)
     rows["synthesis from the default input, Param-Net assisted (d2p)"] = r_def_a = stats(preds["assist_default"], gts)
     memo = {}
     for a_, s in sorted(set(zip(aa, ss))):

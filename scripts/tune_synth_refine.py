@@ -61,13 +61,12 @@ def main():
     ap.add_argument("--assist", action="store_true", help="tune the Param-Net assistance instead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    if a.assist:
-        return tune_assist(a)
     d = load_test_data(a.data)
-    net, card = load_model(None, "cpu")
-    rng = np.random.default_rng(5)
+    net, _ = load_model(None, "cpu")
+    vp = np.random.default_rng(5).choice(d.train_pairs, 40, replace=False)    # the validation pairs
+    if a.assist:
+        return tune_assist(d, net, vp)
     vs = d.train_slices[::4]
-    vp = rng.choice(d.train_pairs, 40, replace=False)
     bb, ss, gts, aa = test_split(d, 0, slices=vs, pairs=vp)
     sub = np.random.default_rng(1).choice(len(bb), 50, replace=False)
     clean = {s: d.default_image(vp[0], s).astype(np.float32) for s in vs}
@@ -131,15 +130,11 @@ def main():
     print(f"shipped defaults: lam {REFINE_LAM:g}, iters {REFINE_ITERS}, eps {REFINE_EPS:g}")
 
 
-def tune_assist(a):
+def tune_assist(d, net, vp):
     from MRISynthLib.tasks.reparam import load_model as load_reparam
     from MRISynthLib.tasks.synth import (ASSIST_EPS, ASSIST_TE, ASSIST_TR, ASSIST_WEIGHT, assist_contrasts,
                                          assisted_maps)
 
-    d = load_test_data(a.data)
-    net, _ = load_model(None, "cpu")
-    rng = np.random.default_rng(5)
-    vp = rng.choice(d.train_pairs, 40, replace=False)
     zs = d.slice_z[d.test_slices] + 1
     fr = slice_fractions(brainweb_phantom(voxel_mm=2.0), zs, 256)
     seqs = [SequenceParams("se", float(t), float(r)) for t, r in zip(d.te[vp], d.tr[vp])]

@@ -240,10 +240,9 @@ def _class_space_delta(w, base, scale, b, mean, e, lam: float):
     g0 = torch.einsum("bmk,bml->bkl", s2 * base, base)                          # sum_j s_j^2 base_j base_j^T
     v = torch.einsum("bmk,bmhw->bkhw", s2 * base, mean)                         # sum_j s_j^2 mean_j base_j
     c = (s2[:, :, :, None] * mean * mean).sum(1)                                # sum_j s_j^2 mean_j^2
-    b2 = (b * b).double()
-    ata = b2[:, :, :, None, None] * (g0.double()[:, None, None] - v.double().permute(0, 2, 3, 1)[..., :, None]
-                                     - v.double().permute(0, 2, 3, 1)[..., None, :]
-                                     + c.double()[..., None, None])              # (B, H, W, K+1, K+1)
+    vd = v.double().permute(0, 2, 3, 1)                                         # (B, H, W, K+1)
+    ata = (b * b).double()[..., None, None] * (g0.double()[:, None, None] - vd[..., :, None] - vd[..., None, :]
+                                                + c.double()[..., None, None])  # (B, H, W, K+1, K+1)
     rhs = b[:, None] * (torch.einsum("bmk,bmhw->bkhw", scale[:, :, None] * base, e)
                         - (scale[:, :, None, None] * mean * e).sum(1, keepdim=True))    # A'^T e (B, K+1, H, W)
     d = w.double().sqrt().permute(0, 2, 3, 1)                                   # (B, H, W, K+1)
@@ -316,8 +315,8 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
     base = torch.stack([torch.cat([torch.zeros_like(q.t1[:, :1]), q.pd * compartment_signals(q.t1, q.t2, q.t2s, sq)], 1)
                         for sq in seqs], 1)                                    # (B, M, K+1)
 
-    def fit_scales(f, imgs, b):  # least-squares scale of each input's render (B, M)
-        model = b[:, None] * torch.einsum("bmk,bkhw->bmhw", base, f)
+    def fit_scales(f, imgs, b, bs=base):  # least-squares scale of each input's render (B, M), and the renders
+        model = b[:, None] * torch.einsum("bmk,bkhw->bmhw", bs, f)
         return (model * imgs).sum((-2, -1)) / (model * model).sum((-2, -1)).clamp_min(1e-12), model
 
     n_search = imgs.shape[1] if search_inputs is None else int(search_inputs)
@@ -337,8 +336,7 @@ def refine_fractions(q: QuantMaps, image: torch.Tensor, seq, lam: float = REFINE
         first, rest = (q.g * c)[:, None], fitted[:, 1:im.shape[1]]
         for _ in range(n):
             f = _fraction_update(f, bs, torch.cat([first, rest], 1), bb, im, lam, eps, al)
-            model = bb[:, None] * torch.einsum("bmk,bkhw->bmhw", bs, f)
-            fit = (model * im).sum((-2, -1)) / (model * model).sum((-2, -1)).clamp_min(1e-12)
+            fit, model = fit_scales(f, im, bb, bs)
             rest = fit[:, 1:]     # further inputs: their scales re-fitted to the updated fractions
         res = im - torch.cat([first, rest], 1)[:, :, None, None] * model
         return f, (res * res).sum((1, 2, 3))

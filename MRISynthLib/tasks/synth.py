@@ -88,6 +88,21 @@ def _key(arrays, seqs, card_key) -> str:
     return h.hexdigest()
 
 
+def _cache_get(key) -> Optional["MapEstimate"]:
+    """The cached estimate of ``key`` (marked most recently used), or None."""
+    if key is None or key not in _ESTIMATE_CACHE:
+        return None
+    _ESTIMATE_CACHE.move_to_end(key)
+    return _ESTIMATE_CACHE[key]
+
+
+def _cache_put(key, est) -> None:
+    if key is not None:
+        _ESTIMATE_CACHE[key] = est
+        while len(_ESTIMATE_CACHE) > ESTIMATE_CACHE_SIZE:
+            _ESTIMATE_CACHE.popitem(last=False)
+
+
 def _as_seq(x) -> SequenceParams:
     if isinstance(x, SequenceParams):
         return x
@@ -148,9 +163,8 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     tag = f"{card_key}{dev}{refine}{refine_lam}/{refine_iters}/{refine_eps}/{refine_top}{flip_average}"
     tag += "".join(f"/extra{w!r}" for _, _, w in extra)
     key = _key(arrs + [e[0] for e in extra], seqs + [e[1] for e in extra], tag) if use_cache else None
-    if key is not None and key in _ESTIMATE_CACHE:
-        _ESTIMATE_CACHE.move_to_end(key)
-        return _ESTIMATE_CACHE[key]
+    if (hit := _cache_get(key)) is not None:
+        return hit
 
     is_2d = arrs[0].ndim == 2
     vols = [np.clip(a[None] if is_2d else a, 0, None) for a in arrs]
@@ -166,11 +180,11 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
         for z0 in range(0, Z, batch_size):
             if cancel is not None and cancel():
                 raise Cancelled("map estimation cancelled")
-            chunk = [v[z0:z0 + batch_size].astype(np.float32) for v in vols]
+            chunk = [v[z0:z0 + batch_size].astype(np.float32) for v in vols + extra_vols]
             b = len(chunk[0])
             mx = [c.reshape(b, -1).max(1) for c in chunk]
             normed = [c / np.where(m > 0, m, 1.0)[:, None, None] for c, m in zip(chunk, mx)]
-            x, acq = stack_inputs(normed, seqs, M)
+            x, acq = stack_inputs(normed[:len(vols)], seqs, M)
             xt = torch.from_numpy(x).to(dev)
             if (H, W) != (NET_SIZE, NET_SIZE):
                 xt = F.interpolate(xt, size=(NET_SIZE, NET_SIZE), mode="bilinear", align_corners=False, antialias=True)
@@ -181,10 +195,7 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
                 if extra:
                     # each normalised to its maximum, then weighted: sqrt(w) on the image is w on
                     # its squared residual, since every further input's scale is fitted freely
-                    ex = np.stack([c / np.where(m > 0, m, 1.0)[:, None, None] * np.sqrt(w)
-                                   for c, m, w in ((e[z0:z0 + batch_size].astype(np.float32),
-                                                    e[z0:z0 + batch_size].reshape(b, -1).max(1), w)
-                                                   for e, (_, _, w) in zip(extra_vols, extra))], 1)
+                    ex = np.stack([n * np.sqrt(w) for n, (_, _, w) in zip(normed[len(vols):], extra)], 1)
                     ext = torch.from_numpy(ex).to(dev)
                     if (H, W) != (NET_SIZE, NET_SIZE):
                         ext = F.interpolate(ext, size=(NET_SIZE, NET_SIZE), mode="bilinear", align_corners=False,
@@ -211,10 +222,7 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
     rel = np.exp(logs / np.maximum(mass_tot, 1e-12)).astype(np.float32)
     rel = np.where(mass_tot > 0, rel, 1.0).astype(np.float32)
     est = MapEstimate(scaled, g_all, rel[0], np.minimum(rel[1], rel[0]), np.minimum(rel[2], rel[1]), is_2d)
-    if key is not None:
-        _ESTIMATE_CACHE[key] = est
-        while len(_ESTIMATE_CACHE) > ESTIMATE_CACHE_SIZE:
-            _ESTIMATE_CACHE.popitem(last=False)
+    _cache_put(key, est)
     return est
 
 
@@ -279,9 +287,8 @@ def assisted_maps(volume: Union[np.ndarray, Volume], acquisition, model: Union[s
     if use_cache and isinstance(rmodel, str) and (model is None or isinstance(model, str)):
         tag = f"assist/{model}/{rmodel}/{device}/{weight!r}/{pairs}/{refine_eps!r}/{flip_average}/{sorted(estimate_kwargs.items())}"
         key = _key([arr], [seq], tag)
-        if key in _ESTIMATE_CACHE:
-            _ESTIMATE_CACHE.move_to_end(key)
-            return _ESTIMATE_CACHE[key]
+        if (hit := _cache_get(key)) is not None:
+            return hit
     n = len(pairs) + 1
     bar = tqdm(total=n, desc="Param-Net assistance", unit="step", disable=not progress)
 
@@ -299,10 +306,7 @@ def assisted_maps(volume: Union[np.ndarray, Volume], acquisition, model: Union[s
                         flip_average=flip_average, **estimate_kwargs)
     bar.update(1)
     bar.close()
-    if key is not None:
-        _ESTIMATE_CACHE[key] = est
-        while len(_ESTIMATE_CACHE) > ESTIMATE_CACHE_SIZE:
-            _ESTIMATE_CACHE.popitem(last=False)
+    _cache_put(key, est)
     return est
 
 
