@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--assist", action="store_true",
                    help="one spin-echo input: also fit the spin echoes the re-parameterization Param-Net predicts "
                         "from it (Default-to-Param for a TE 50 ms / TR 4.5 s input, else Param-to-Param): far "
-                        "better renders from one scan, about seven times slower")
+                        "better renders from one scan, about 16 times slower")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
 

@@ -424,6 +424,9 @@ def test_assisted_estimate_fits_the_predicted_contrasts(monkeypatch):
         assert error(est, s) < 0.85 * error(one, s), s.describe()
     n = len(calls)
     assert synth_task.assisted_maps(img, seq, flip_average=False, weight=0.1) is est and len(calls) == n  # cached
+    # the refinement's iteration count reaches estimate_maps (and the cache key)
+    few = synth_task.assisted_maps(img, seq, flip_average=False, weight=0.1, refine_iters=1)
+    assert few is not est and not np.allclose(few.render(PRESETS["T1w"]), est.render(PRESETS["T1w"]))
     other = SequenceParams("se", 0.015, 0.6)
     synth_task.assisted_maps(ph.render(other).astype(np.float32), other, use_cache=False, flip_average=False,
                              contrasts=[(0.1, 4.0)])

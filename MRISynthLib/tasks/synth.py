@@ -228,12 +228,14 @@ def estimate_maps(inputs: Union[np.ndarray, Volume, Sequence], acquisitions, mod
 
 # Param-Net assistance (``assisted_maps``): the spin-echo contrasts the Param-Net predicts
 # from the input, each fitted by the refinement with weight ASSIST_WEIGHT; refinement eps
-# ASSIST_EPS. Chosen on validation slices that no network was trained on
-# (``scripts/tune_synth_refine.py --assist``).
+# ASSIST_EPS and ASSIST_ITERS iterations (with 16 images the fractions take more
+# iterations to settle than REFINE_ITERS, which was chosen for one or two inputs). Chosen on
+# validation slices that no network was trained on (``scripts/tune_synth_refine.py --assist``).
 ASSIST_TE = (0.02, 0.05, 0.12, 0.3, 0.7)
 ASSIST_TR = (1.2, 3.0, 10.0)
 ASSIST_WEIGHT = 0.003
 ASSIST_EPS = 1e-3
+ASSIST_ITERS = 10
 
 
 def assist_contrasts(te=ASSIST_TE, tr=ASSIST_TR) -> list:
@@ -252,8 +254,8 @@ def assist_model_for(acquisition: SequenceParams) -> str:
 
 def assisted_maps(volume: Union[np.ndarray, Volume], acquisition, model: Union[str, QuantNet, None] = None,
                   assist_model=None, device=None, weight: float = ASSIST_WEIGHT, contrasts=None,
-                  refine_eps: float = ASSIST_EPS, progress: bool = False, use_cache: bool = True,
-                  cancel: Optional[Callable[[], bool]] = None,
+                  refine_eps: float = ASSIST_EPS, refine_iters: int = ASSIST_ITERS, progress: bool = False,
+                  use_cache: bool = True, cancel: Optional[Callable[[], bool]] = None,
                   progress_callback: Optional[Callable[[float], None]] = None, flip_average: bool = True,
                   **estimate_kwargs) -> MapEstimate:
     """Map estimate of one spin-echo input, refined against the input *and* the spin echoes
@@ -263,7 +265,8 @@ def assisted_maps(volume: Union[np.ndarray, Volume], acquisition, model: Union[s
     the Param-Net (trained end to end on such images) predicts the same slice at
     ``contrasts`` ((TE, TR) pairs; default :func:`assist_contrasts`, 15 spin echoes over
     the trained range), and :func:`estimate_maps` fits those too (``refine_extra``, each
-    with ``weight`` and a free scale; the scale search uses the input only). The result is
+    with ``weight`` and a free scale; the scale search uses the input only; ``refine_eps``
+    and ``refine_iters`` as in :func:`estimate_maps`). The result is
     still one physical estimate: any SE/IR/GRE contrast, maps, cached re-renders.
     ``assist_model``: ``"d2p"``, ``"p2p"``, a catalog id or a model (default:
     :func:`assist_model_for` the acquisition). Costs one Param-Net pass per contrast
@@ -285,7 +288,7 @@ def assisted_maps(volume: Union[np.ndarray, Volume], acquisition, model: Union[s
     rmodel = assist_model or assist_model_for(seq)
     key = None
     if use_cache and isinstance(rmodel, str) and (model is None or isinstance(model, str)):
-        tag = f"assist/{model}/{rmodel}/{device}/{weight!r}/{pairs}/{refine_eps!r}/{flip_average}/{sorted(estimate_kwargs.items())}"
+        tag = f"assist/{model}/{rmodel}/{device}/{weight!r}/{pairs}/{refine_eps!r}/{refine_iters}/{flip_average}/{sorted(estimate_kwargs.items())}"
         key = _key([arr], [seq], tag)
         if (hit := _cache_get(key)) is not None:
             return hit
@@ -302,7 +305,7 @@ def assisted_maps(volume: Union[np.ndarray, Volume], acquisition, model: Union[s
         extra.append((pred, SequenceParams("se", te, tr), weight))
         bar.update(1)
     est = estimate_maps(arr, seq, model=model, device=device, use_cache=False, refine_eps=refine_eps,
-                        refine_extra=extra, cancel=cancel, progress_callback=stage(n - 1),
+                        refine_iters=refine_iters, refine_extra=extra, cancel=cancel, progress_callback=stage(n - 1),
                         flip_average=flip_average, **estimate_kwargs)
     bar.update(1)
     bar.close()
