@@ -162,33 +162,34 @@ def main():
         preds[mode] = pr
         rows[f"{'Default' if mode == 'd2p' else 'Param'}-to-Param ({rcard.id})"] = stats(pr, gts)
 
+    estimate = lambda x, sq: estimate_maps(x, sq, model=net, use_cache=False)  # noqa: E731
+    assisted = lambda x, sq: assisted_maps(x, sq, model=net, use_cache=False)  # noqa: E731
+
     def from_default_input(estimator):
         """One estimate per test slice from its default input (timed), and its render of each target."""
         ests_, times = {}, []
         for s in S:
             t = time.perf_counter()
-            ests_[s] = estimator(d.default_image(P[0], s).astype(np.float32) / 255.0, DEFAULT, model=net,
-                                 use_cache=False)
+            ests_[s] = estimator(d.default_image(P[0], s).astype(np.float32) / 255.0, DEFAULT)
             times.append(time.perf_counter() - t)
         pr_ = np.stack([to_u8(ests_[s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
                         for b, s in zip(bb, ss)])
         return ests_, times, pr_
 
     # synthesis from the default input: one estimate per slice, 40 renders each
-    ests, t_est, preds["synth_default"] = from_default_input(estimate_maps)
+    ests, t_est, preds["synth_default"] = from_default_input(estimate)
     rows[f"synthesis from the default input ({card.id})"] = r_def = stats(preds["synth_default"], gts)
     # from the P2P input, and from both
-    estimate = lambda x, sq: estimate_maps(x, sq, model=net, use_cache=False)  # noqa: E731
     preds["synth_p2p"], both = p2p_predictions(d, bb, ss, aa, estimate)
     rows[f"synthesis from the P2P input ({card.id})"] = r_p2p = stats(preds["synth_p2p"], gts)
     rows[f"synthesis from default + P2P inputs ({card.id})"] = r_both = stats(both, gts)
     # with Param-Net assistance (one input; d2p for the default input, p2p for the others)
-    _, t_assist, preds["assist_default"] = from_default_input(assisted_maps)
+    _, t_assist, preds["assist_default"] = from_default_input(assisted)
     rows["synthesis from the default input, Param-Net assisted (d2p)"] = r_def_a = stats(preds["assist_default"], gts)
     memo = {}
     for a_, s in sorted(set(zip(aa, ss))):
-        memo[a_, s] = assisted_maps(d.targets[a_, s].astype(np.float32) / 255.0,
-                                    SequenceParams("se", float(d.te[a_]), float(d.tr[a_])), model=net, use_cache=False)
+        memo[a_, s] = assisted(d.targets[a_, s].astype(np.float32) / 255.0,
+                               SequenceParams("se", float(d.te[a_]), float(d.tr[a_])))
     preds["assist_p2p"] = np.stack([to_u8(memo[a_, s].render(SequenceParams("se", float(d.te[b]), float(d.tr[b]))))
                                     for b, s, a_ in zip(bb, ss, aa)])
     rows["synthesis from the P2P input, Param-Net assisted (p2p)"] = r_p2p_a = stats(preds["assist_p2p"], gts)
@@ -225,9 +226,9 @@ def main():
     for label, ph, table in (("MNI152 held-out test slices, MRiLab table (second anatomy)", mni, "mrilab"),
                              ("BrainWeb test slices, BrainWeb/KomaMRI table (unseen tissue values)", bw,
                               "brainweb_koma")):
-        for assisted in (False, True):
-            p_, g_ = generalisation(ph, held_out_z(ph), table, te, tr, assisted=assisted)
-            key = label + (", Param-Net assisted" if assisted else "")
+        for with_assist in (False, True):
+            p_, g_ = generalisation(ph, held_out_z(ph), table, te, tr, assisted=with_assist)
+            key = label + (", Param-Net assisted" if with_assist else "")
             gen[key] = r = stats(p_, g_)
             print(f"  {key:90s} {r['psnr_mean']:6.2f} +/- {r['psnr_std']:5.2f} dB, MAE {r['mae_mean']:.2f}")
 
@@ -239,13 +240,11 @@ def main():
         print(f"  {label:70s} {r['psnr_mean']:6.2f} +/- {r['psnr_std']:5.2f} dB, MAE {r['mae_mean']:.2f}")
 
     # map accuracy on the BrainWeb test slices (MRiLab table, default input)
-    errs = pure_voxel_errors(frac, estimate, tissues=(("grey matter", 2), ("white matter", 3), ("CSF", 1)))
     print("\nMap accuracy, BrainWeb test slices (pure voxels, fraction > 0.9): median relative error")
-    map_acc = {name: {k: round(v, 4) for k, v in e.items()} for name, e in errs.items()}
-    errs_a = pure_voxel_errors(frac, lambda x, sq: assisted_maps(x, sq, model=net, use_cache=False),
-                               tissues=(("grey matter", 2), ("white matter", 3), ("CSF", 1)))
-    for name, e in errs_a.items():
-        map_acc[f"{name}, Param-Net assisted"] = {k: round(v, 4) for k, v in e.items()}
+    map_acc = {}
+    for suffix, est_fn in (("", estimate), (", Param-Net assisted", assisted)):
+        errs = pure_voxel_errors(frac, est_fn, tissues=(("grey matter", 2), ("white matter", 3), ("CSF", 1)))
+        map_acc.update({name + suffix: {k: round(v, 4) for k, v in e.items()} for name, e in errs.items()})
     for name in map_acc:
         print(f"  {name:34s} PD {map_acc[name]['pd'] * 100:5.1f} %   T1 {map_acc[name]['t1'] * 100:5.1f} %   "
               f"T2 {map_acc[name]['t2'] * 100:5.1f} %")
@@ -270,18 +269,14 @@ def main():
               f"{'MET' if np.median(ts) <= 0.1 else 'NOT MET'}")
     del vol_est
     vol = np.random.default_rng(0).uniform(0, 100, (Z, 256, 256)).astype(np.float32)
-    t = time.perf_counter()
-    estimate_maps(vol, DEFAULT, model=net, use_cache=False)
-    timing["estimate_volume_s"] = round(time.perf_counter() - t, 2)
-    timing["estimate_slice_ms"] = round(float(np.median(t_est)) * 1e3, 1)
-    print(f"  map estimate: {timing['estimate_volume_s']:.2f} s per 256x256x{Z} volume, "
-          f"{timing['estimate_slice_ms']:.0f} ms for one 256x256 slice")
-    t = time.perf_counter()
-    assisted_maps(vol, DEFAULT, model=net, use_cache=False)
-    timing["assisted_estimate_volume_s"] = round(time.perf_counter() - t, 2)
-    timing["assisted_estimate_slice_ms"] = round(float(np.median(t_assist)) * 1e3, 1)
-    print(f"  Param-Net assisted map estimate: {timing['assisted_estimate_volume_s']:.2f} s per 256x256x{Z} volume, "
-          f"{timing['assisted_estimate_slice_ms']:.0f} ms for one 256x256 slice")
+    for prefix, label, est_fn, t_slices in (("", "map estimate", estimate, t_est),
+                                            ("assisted_", "Param-Net assisted map estimate", assisted, t_assist)):
+        t = time.perf_counter()
+        est_fn(vol, DEFAULT)
+        timing[f"{prefix}estimate_volume_s"] = round(time.perf_counter() - t, 2)
+        timing[f"{prefix}estimate_slice_ms"] = round(float(np.median(t_slices)) * 1e3, 1)
+        print(f"  {label}: {timing[f'{prefix}estimate_volume_s']:.2f} s per 256x256x{Z} volume, "
+              f"{timing[f'{prefix}estimate_slice_ms']:.0f} ms for one 256x256 slice")
 
     # montage: one default input rendered as the presets, beside the truth
     from MRISynthLib.viz import montage

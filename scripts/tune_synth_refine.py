@@ -146,9 +146,9 @@ def tune_assist(d, net, vp):
     gt_d, gt_p = [], []
     for off in (1, -1):            # both neighbours of each held-out slice
         zs = d.slice_z[d.test_slices] + off
-        truth = [[normalize_8bit(render_truth(f, "mrilab", sq))[0].astype(np.float64) for sq in seqs]
-                 for f in slice_fractions(ph, zs, 256)]
-        for i, f in enumerate(slice_fractions(ph, zs, 256)):
+        fracs = slice_fractions(ph, zs, 256)
+        truth = [[normalize_8bit(render_truth(f, "mrilab", sq))[0].astype(np.float64) for sq in seqs] for f in fracs]
+        for i, f in enumerate(fracs):
             default = normalize_8bit(render_truth(f, "mrilab", DEFAULT))[0].astype(np.float32)
             cases.append((default, DEFAULT, "d2p", np.arange(len(vp))))
             gt_d += truth[i]
@@ -188,26 +188,25 @@ def tune_assist(d, net, vp):
              "5 x 3": assist_contrasts(ASSIST_TE, ASSIST_TR)}
     print(f"{'contrasts':10s}{'weight':>8s}{'eps':>8s}{'iters':>6s}{'default input':>15s}{'P2P input':>12s}"
           f"{'score':>8s}")
-    results, best = [], None
+    results = []                   # (score, grid, weight, eps, iterations)
 
     def run(gname, w, eps, iters):
-        nonlocal best
         sd, sp = score(lambda k: estimate_maps(
             cases[k][0] / 255.0, cases[k][1], model=net, use_cache=False, refine_eps=eps, refine_iters=iters,
             refine_extra=[(p, q, w) for p, q in extras(k, grids[gname])]))
         sc = (sd + sp) / 2
         print(f"{gname:10s}{w:8g}{eps:8g}{iters:6d}{sd:15.2f}{sp:12.2f}{sc:8.2f}", flush=True)
         results.append((sc, gname, w, eps, iters))
-        best = max(results)
 
     # stage 1: contrast grid, weight and eps at the one-input refinement's iteration count;
     # stage 2: weight and iteration count with the stage-1 grid and eps
     for gname, w, eps in itertools.product(grids, (0.003, 0.01, 0.03), (1e-3, 1e-2)):
         run(gname, w, eps, REFINE_ITERS)
-    g1, e1 = best[1], best[3]
+    _, g1, _, e1, _ = max(results)
     for w, iters in itertools.product((0.003, 0.006, 0.01), (6, 10, 15)):
         run(g1, w, e1, iters)
     # the refinement's time grows with its iterations: the fewest within 0.05 dB of the best
+    best = max(results)
     pick = min((r for r in results if r[0] >= best[0] - 0.05), key=lambda r: (r[4], -r[0]))
     print(f"\nbest: {best[1]} contrasts, weight {best[2]:g}, eps {best[3]:g}, {best[4]} iterations "
           f"(score {best[0]:.2f}); the fewest iterations within 0.05 dB of it: {pick[1]}, weight {pick[2]:g}, "
