@@ -205,6 +205,12 @@ def test_validation_pairs_are_held_out_of_training_and_differ_from_the_test_slic
     np.testing.assert_array_equal(test["z"], held_out_z(ph))
     np.testing.assert_array_equal(val["z"], held_out_z(ph) + 1)
     assert not set(val["z"]) & set(train_z(ph)) and not set(val["z"]) & set(test["z"])
+    # each pair's quantile and dominant tissue come with it (the benchmark's synthesis row and
+    # tissue levels): CSF is where the fractions say, and the T2w image is brightest there
+    assert (test["q"] == 0.5).all() and test["label"].shape == test["t2"].shape
+    csf, wm = test["label"] == 1, test["label"] == 3
+    assert csf.any() and wm.any() and test["t2"][csf].mean() > 1.5 * test["t2"][wm].mean()
+    assert not (test["brain"] & (test["label"] > 3)).mean() > 0.01
     with pytest.raises(ValueError, match="slices"):
         tr.test_pairs("brainweb", slices="train", **kw)
 

@@ -24,10 +24,18 @@ fraction > 0.5), for:
   not visible in a T1w input, so this bounds what an unconditioned translator can score),
 * intensity inversion with histogram matching (MRISynthLib.training.cyclegan.inversion_match):
   the input's head (above 5 % of its scale) inverted and matched to the intensity
-  histogram of 40 unpaired training-domain images of the target contrast, background 0.
+  histogram of 40 unpaired training-domain images of the target contrast, background 0,
+* the product's other route, physics-informed synthesis (``synth``): the shipped
+  compartment model (MRISynthLib.tasks.synth) estimates the maps from the input with its
+  true TE/TR, which a translator is not told (a user has it from the scan's header), and
+  renders the target contrast at the middle setting, like the CycleGAN's output; that
+  model was trained on other slices of both BrainWeb and MNI152, so for it MNI152 is not
+  an unseen anatomy.
 
-It prints the table, the CycleGAN's PSNR per tissue table of the pairs, the result against
-the targets (T1->T2 >= 30 dB and SSIM >= 0.92 on the trained anatomy), the CPU time to
+It prints the table, the CycleGAN's PSNR per tissue table of the pairs, the mean level
+(0-255) of the CycleGAN's translations and of the truth in each tissue (the tissue of
+largest fraction) on the trained anatomy, per tissue table: where the translations go
+wrong; the result against the targets (T1->T2 >= 30 dB and SSIM >= 0.92 on the trained anatomy), the CPU time to
 translate a 180-slice 256 x 256 volume, and writes the montage docs/translate_montage.png
 (input, translated, ground truth, |difference| for both directions on one BrainWeb and
 one MNI152 slice).
@@ -45,14 +53,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from MRISynthLib import catalog  # noqa: E402
 from MRISynthLib.metrics import mae, psnr, ssim  # noqa: E402
 from MRISynthLib.models.cyclegan import CycleGAN, CycleGANConfig, intensity_scale, to_model_range  # noqa: E402
+from MRISynthLib.physics.tissues import LABEL_NAMES  # noqa: E402
+from MRISynthLib.tasks.synth import estimate_maps  # noqa: E402
 from MRISynthLib.tasks.translate import load_model, translate  # noqa: E402
 from MRISynthLib.training.cyclegan import PROTOCOLS, inversion_match, load_domains, random_image  # noqa: E402
-from MRISynthLib.training.cyclegan import test_pairs  # noqa: E402
+from MRISynthLib.training.cyclegan import test_pairs, test_seq  # noqa: E402
 from MRISynthLib.viz import montage  # noqa: E402
 
 TARGET_PSNR, TARGET_SSIM = 30.0, 0.92
 TABLES = ("mrilab", "mrilab_full")    # the tissue tables of the test pairs (test_pairs' default)
 PAIRS = {"t1_to_t2": ("t1_in", "t2"), "t2_to_t1": ("t2_in", "t1")}
+LEVEL_TISSUES = (1, 2, 3, 4, 5, 7)   # CSF, grey and white matter, fat, muscle/skin, skull
+SYNTH = "physics synthesis (input TE/TR given)"
 
 
 def u8(img):
@@ -68,6 +80,24 @@ def evaluate(preds, refs, masks):
     m = [mae(a, b) for a, b in zip(preds, refs)]
     return {"psnr": float(np.mean(p)), "psnr_std": float(np.std(p)), "ssim": float(np.mean(s)),
             "ssim_std": float(np.std(s)), "mae": float(np.mean(m)), "psnr_brain": float(np.mean(pb)), "n": len(p)}
+
+
+def synthesized(images, qs, src, dst, protocol):
+    """The ``synth`` route: maps estimated from each input at its own TE/TR (the inputs of
+    one quantile share an acquisition and are estimated as one volume), the target contrast
+    rendered at the middle setting."""
+    out = np.zeros_like(images)
+    for q in np.unique(qs):
+        idx = np.flatnonzero(qs == q)
+        est = estimate_maps(images[idx], test_seq(src, float(q), protocol), use_cache=False)
+        out[idx] = est.render(test_seq(dst, 0.5, protocol))
+    return out
+
+
+def tissue_levels(preds, refs, labels):
+    """{tissue: (mean prediction, mean truth)} over the pixels where it is the largest fraction."""
+    p, r, lab = np.stack(preds), np.stack(refs), np.asarray(labels)
+    return {t: (float(p[lab == t].mean()), float(r[lab == t].mean())) for t in LEVEL_TISSUES if (lab == t).any()}
 
 
 def load_generators(a):
@@ -114,7 +144,7 @@ def main():
             vals.append(im[im > 0.05])
         ref[contrast] = np.concatenate(vals)
 
-    results, shown, by_table = {}, {}, {}
+    results, shown, by_table, levels = {}, {}, {}, {}
     for anatomy in ("brainweb", "mni152"):
         tp = test_pairs(anatomy, protocol=protocol, slices=a.slices, tables=TABLES)
         if anatomy == "brainweb":
@@ -128,6 +158,8 @@ def main():
             results[(anatomy, direction, "identity")] = evaluate(x, y, tp["brain"])
             inv = [inversion_match(im / 255.0, ref[dst[:2]]) * 255.0 for im in x]
             results[(anatomy, direction, "inversion + histogram matching")] = evaluate(inv, y, tp["brain"])
+            syn = synthesized(tp[src], tp["q"], src[:2], dst, protocol)
+            results[(anatomy, direction, SYNTH)] = evaluate([u8(im) for im in syn], y, tp["brain"])
             # the target TE/TR cannot be read from the input: the truth at the middle setting
             # (same slice and table) scored against every setting shows the ceiling this sets
             n_q = 3
@@ -142,18 +174,25 @@ def main():
                 idx = [i for i in range(len(y)) if (i // n_q) % len(TABLES) == t]
                 by_table[(anatomy, direction, table)] = evaluate([pred[i] for i in idx], [y[i] for i in idx],
                                                                  tp["brain"][idx])["psnr"]
+                if anatomy == "brainweb":
+                    levels[(direction, table)] = tissue_levels([pred[i] for i in idx], [y[i] for i in idx],
+                                                               tp["label"][idx])
             k = len(x) // 2
             shown[(anatomy, direction)] = (x[k], pred[k], y[k], np.abs(pred[k] - y[k]))
 
-    print(f"\n{'anatomy':10s} {'direction':9s} {'method':32s} {'PSNR dB':>14s} {'SSIM':>13s} {'MAE':>6s} "
+    print(f"\n{'anatomy':10s} {'direction':9s} {'method':38s} {'PSNR dB':>14s} {'SSIM':>13s} {'MAE':>6s} "
           f"{'brain PSNR':>10s}  n")
     for (anatomy, direction, method), r in results.items():
-        print(f"{anatomy:10s} {direction:9s} {method:32s} {r['psnr']:6.2f} +/- {r['psnr_std']:4.2f} "
+        print(f"{anatomy:10s} {direction:9s} {method:38s} {r['psnr']:6.2f} +/- {r['psnr_std']:4.2f} "
               f"{r['ssim']:.3f} +/- {r['ssim_std']:.3f} {r['mae']:6.2f} {r['psnr_brain']:10.2f}  {r['n']}")
     print("\nCycleGAN PSNR dB by the tissue table of the pair: "
           + "; ".join(f"{anat} {d.replace('_to_', '->').upper()} "
                       + ", ".join(f"{t} {by_table[(anat, d, t)]:.2f}" for t in TABLES)
                       for anat in ("brainweb", "mni152") for d in PAIRS))
+    print("\nmean level (0-255) in each tissue on BrainWeb, CycleGAN / truth:")
+    for (direction, table), lv in levels.items():
+        print(f"  {direction.replace('_to_', '->').upper()} {table:12s} "
+              + ", ".join(f"{LABEL_NAMES[t]} {p:.0f} / {r:.0f}" for t, (p, r) in lv.items()))
     main_r = results[("brainweb", "t1_to_t2", "CycleGAN")]
     ok = main_r["psnr"] >= TARGET_PSNR and main_r["ssim"] >= TARGET_SSIM
     print(f"\ntarget T1->T2 on held-out BrainWeb pairs: >= {TARGET_PSNR:g} dB and SSIM >= {TARGET_SSIM}: "
@@ -183,7 +222,8 @@ def main():
         card = cards[name]
         card.metrics = {d: {anat: {"cyclegan": results[(anat, d, "CycleGAN")],
                                    "identity": results[(anat, d, "identity")],
-                                   "inversion_histmatch": results[(anat, d, "inversion + histogram matching")]}
+                                   "inversion_histmatch": results[(anat, d, "inversion + histogram matching")],
+                                   "synth_input_te_tr_given": results[(anat, d, SYNTH)]}
                             for anat in ("brainweb", "mni152")} for d in PAIRS}
         card.metrics["protocol"] = (f"held-out paired slices at the {protocol!r} TE/TR protocol, SNR-60 inputs vs "
                                     "noise-free references, 0-255 scale of the 99.5th percentile; mni152 never seen "
