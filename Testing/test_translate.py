@@ -351,6 +351,24 @@ def test_clean_targets_replace_the_cycle_and_identity_targets():
     assert torch.equal(fb, 0.5 * a) and torch.equal(fa, 0.5 * b)      # the generators still get the noisy inputs
 
 
+def test_cycle_noise_enters_only_the_way_back():
+    net, (a, b, ca, cb) = _halving_cyclegan()
+    torch.manual_seed(0)
+    _, plain, fa0, fb0 = generator_losses(net, a, b, lam_id=0)
+    _, off, _, _ = generator_losses(net, a, b, lam_id=0, cycle_noise=0.0)
+    assert all(plain[k].item() == off[k].item() for k in plain)
+    # inputs 0 and clean targets 0: the cycle is g(g(0) + n) = 0.5 n, its L1 0.5 sigma sqrt(2 / pi)
+    z = torch.zeros(2, 1, 64, 64)
+    _, parts, fa, fb = generator_losses(net, z, z, lam_id=0, cycle_noise=0.2)
+    for k in ("cycle_a", "cycle_b"):
+        assert parts[k].item() == pytest.approx(10 * 0.5 * 0.2 * (2 / np.pi) ** 0.5, rel=0.05)
+    # the discriminators still see the clean translations, and the adversarial terms are unchanged
+    assert torch.equal(fa, 0.5 * z) and torch.equal(fb, 0.5 * z)
+    _, noisy, fa1, fb1 = generator_losses(net, a, b, lam_id=0, cycle_noise=0.2)
+    assert torch.equal(fa1, fa0) and torch.equal(fb1, fb0)
+    assert noisy["gan_ab"].item() == plain["gan_ab"].item() and noisy["cycle_a"].item() != plain["cycle_a"].item()
+
+
 def test_mind_ignores_contrast_and_sees_structure():
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 72, 72, generator=g), 9, 1)   # smooth texture, 64 x 64
@@ -433,3 +451,6 @@ def test_exported_card_records_the_training_seed(tmp_path, monkeypatch):
     assert (tmp_path / "t.safetensors").exists() and (tmp_path / "catalog.json").exists()
     card = export_model(Generators(CycleGANConfig(size=32, ngf=4)), "s", tr.CycleTrainConfig(lam_struct=5.0))
     assert card.training["lam_struct"] == 5.0 and "MIND structure consistency" in card.training["loss"]
+    assert card.training["cycle_noise"] == 0.0 and "way back" not in card.training["loss"]
+    card = export_model(Generators(CycleGANConfig(size=32, ngf=4)), "n", tr.CycleTrainConfig(cycle_noise=0.1))
+    assert card.training["cycle_noise"] == 0.1 and "way back" in card.training["loss"]

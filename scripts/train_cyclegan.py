@@ -74,6 +74,9 @@ def main():
                     help="discriminators' real images and cycle targets noise-free (generator inputs noisy)")
     ap.add_argument("--lam-struct", type=float, default=0.0,
                     help="weight of the MIND structure-consistency loss between each input and its translation")
+    ap.add_argument("--cycle-noise", type=float, default=0.0,
+                    help="noise sigma (images in [-1, 1]) added to each translation before it is translated back "
+                         "for the cycle loss: the cycle must go through what the translation visibly shows")
     ap.add_argument("--ndf", type=int, default=None, help="discriminator width (default: the --width's)")
     ap.add_argument("--frame-every", type=int, default=500)
     ap.add_argument("--keep-every", type=int, default=0, metavar="N",
@@ -93,7 +96,7 @@ def main():
                           load_size=round(a.size * 286 / 256), anatomies=tuple(a.anatomies.split(",")),
                           frame_every=a.frame_every, threads=a.threads, seed=a.seed, protocol=a.protocol,
                           keep_every=a.keep_every, clean_targets=a.clean_targets,
-                          lam_struct=a.lam_struct)
+                          lam_struct=a.lam_struct, cycle_noise=a.cycle_noise)
     init_g, origin = None, None
     if a.init_generators and not (Path(a.out) / "cyclegan_ckpt.pt").exists():
         from MRISynthLib.tasks.translate import load_model

@@ -182,9 +182,14 @@ def gan_loss(logits: torch.Tensor, real: bool, mode: str = "lsgan") -> torch.Ten
     raise ValueError(f"gan mode must be one of {GAN_MODES}")
 
 
+def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return x + sigma * torch.randn_like(x) if sigma > 0 else x
+
+
 def generator_losses(net: CycleGAN, real_a: torch.Tensor, real_b: torch.Tensor, lam: float = 10.0,
                      lam_id: float = 0.5, clean_a: Optional[torch.Tensor] = None,
-                     clean_b: Optional[torch.Tensor] = None, lam_struct: float = 0.0
+                     clean_b: Optional[torch.Tensor] = None, lam_struct: float = 0.0,
+                     cycle_noise: float = 0.0
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Total generator loss, its parts, and the fakes (for the discriminator step).
 
@@ -193,7 +198,12 @@ def generator_losses(net: CycleGAN, real_a: torch.Tensor, real_b: torch.Tensor, 
     noise-free image back, so the generators learn to translate *and* denoise (the
     discriminators should then judge the noise-free images as real). ``lam_struct`` > 0
     adds :func:`structure_loss` of each translation against its input (the noise-free
-    one when given) times ``lam_struct``."""
+    one when given) times ``lam_struct``. ``cycle_noise`` > 0: Gaussian noise of this standard
+    deviation (images in [-1, 1]) is added to each translation before it is translated
+    back for the cycle loss (not to what the discriminators see), so that the cycle cannot
+    be closed through a faint signal hidden in the translation (CycleGAN's
+    "steganography", Chu et al. 2017; Bashkirova et al. 2019) but only through what the
+    translation visibly shows."""
     mode = net.cfg.gan_mode
     ta = real_a if clean_a is None else clean_a
     tb = real_b if clean_b is None else clean_b
@@ -201,8 +211,8 @@ def generator_losses(net: CycleGAN, real_a: torch.Tensor, real_b: torch.Tensor, 
     parts = {
         "gan_ab": gan_loss(net.d_b(fake_b), True, mode),
         "gan_ba": gan_loss(net.d_a(fake_a), True, mode),
-        "cycle_a": lam * F.l1_loss(net.g_ba(fake_b), ta),
-        "cycle_b": lam * F.l1_loss(net.g_ab(fake_a), tb),
+        "cycle_a": lam * F.l1_loss(net.g_ba(_noisy(fake_b, cycle_noise)), ta),
+        "cycle_b": lam * F.l1_loss(net.g_ab(_noisy(fake_a, cycle_noise)), tb),
     }
     if lam_id > 0:
         parts["id_a"] = lam * lam_id * F.l1_loss(net.g_ba(real_a), ta)

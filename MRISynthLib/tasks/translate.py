@@ -66,7 +66,7 @@ def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict
 
         training.update({k: v for k, v in asdict(tc).items()
                          if k in ("steps", "warm_steps", "batch", "lr", "lam", "lam_id", "pool", "anatomies", "protocol",
-                                  "clean_targets", "seed", "lam_struct")})
+                                  "clean_targets", "seed", "lam_struct", "cycle_noise")})
         training["te_tr_ranges_s"] = PROTOCOLS[tc.protocol]
         if not tc.warm_steps:
             training.pop("warm_start")
@@ -75,6 +75,8 @@ def export_model(net: Generators, model_id: str, tc=None, metrics: Optional[dict
                                  "targets")
         if tc.lam_struct:
             training["loss"] += " + MIND structure consistency of input and translation x lam_struct"
+        if tc.cycle_noise:
+            training["loss"] += "; noise of sigma cycle_noise added to each translation on the cycle's way back"
     training.update(training_extra)
     sd = net.generator_state_dict() if hasattr(net, "generator_state_dict") else net.state_dict()
     extra = {"metrics": metrics} if metrics else {}

@@ -28,7 +28,9 @@ fractions (axial slices on a 2 mm grid resized to 256 x 256):
   translate to noise-free images (the benchmark's references are noise-free) instead of
   copying or inventing noise;
 * ``lam_struct``: the MIND structure-consistency loss of each translation against its
-  (noise-free, with ``clean_targets``) input (:func:`MRISynthLib.models.cyclegan.structure_loss`).
+  (noise-free, with ``clean_targets``) input (:func:`MRISynthLib.models.cyclegan.structure_loss`);
+* ``cycle_noise``: Gaussian noise added to each translation on the cycle's way back only
+  (:func:`MRISynthLib.models.cyclegan.generator_losses`), against hidden-signal cycles.
 
 Paired test slices (:func:`test_pairs`): the held-out slices rendered with both contrasts
 (TE/TR at the quartiles and middle of the ranges above, the nominal MRiLab and
@@ -96,6 +98,7 @@ class CycleTrainConfig:
     keep_every: int = 0           # also keep a copy of the checkpoint every this many steps (snap_<step>.pt)
     clean_targets: bool = False   # discriminators' real images and cycle targets noise-free (inputs noisy)
     lam_struct: float = 0.0       # weight of the MIND structure-consistency loss (0: off)
+    cycle_noise: float = 0.0      # noise sigma added to translations before the cycle's way back
 
 
 def _ranges(contrast: str, protocol: str):
@@ -382,7 +385,7 @@ def train_cyclegan(cfg: CycleGANConfig, out_dir, tc: CycleTrainConfig, domains=N
             for p in net.discriminators():
                 p.requires_grad_(False)
             loss_g, parts, fake_a, fake_b = generator_losses(net, real_a, real_b, tc.lam, tc.lam_id,
-                                                             clean_a, clean_b, tc.lam_struct)
+                                                             clean_a, clean_b, tc.lam_struct, tc.cycle_noise)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
