@@ -108,7 +108,9 @@ def cmd_make_dataset(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    """Simulate T1w/T2w/PDw/FLAIR/STIR volumes from BrainWeb, write NRRDs and a montage."""
+    """Simulate T1w/T2w/PDw/FLAIR/STIR volumes from BrainWeb, write NRRDs and a montage; then
+    run the shipped networks on them (Default-to-Param, synthesis, CycleGAN), each result
+    scored against the physics and shown in a second montage."""
     from tqdm.auto import tqdm
 
     from .data.io import Volume, sequence_metadata, write_volume
@@ -127,12 +129,12 @@ def cmd_demo(a) -> int:
         stir = SequenceParams("ir", stir.te, stir.tr, ti=float(ti_null(fat.t1, stir.tr, stir.te)), name="STIR")
     seqs = [PRESETS["T1w"], PRESETS["T2w"], PRESETS["PDw"], flair, stir]
     rng = np.random.default_rng(a.seed)
-    rows, names = [], []
+    rows, names, vols, clean = [], [], {}, {}
     for seq in tqdm(seqs, desc="simulating contrasts", disable=a.quiet):
-        img = ph.render(seq)
+        clean[seq.name] = img = ph.render(seq)
         if a.snr:
             img = add_noise(img, a.snr, rng)
-        vol = Volume(img.astype(np.float32), **ph.geometry(), metadata=sequence_metadata(seq))
+        vols[seq.name] = vol = Volume(img.astype(np.float32), **ph.geometry(), metadata=sequence_metadata(seq))
         write_volume(vol, out / f"{seq.name}.nrrd")
         rows.append(orthogonal_views(img))
         names.append(f"{seq.name}\n{seq.describe().split(' ', 1)[1]}")
@@ -145,7 +147,67 @@ def cmd_demo(a) -> int:
                   panel_titles={(r, 0): "PD (axial)", (r, 1): "T1, s", (r, 2): "T2, s"},
                   title=f"BrainWeb, {ph.table.name} tissue table, {ph.spacing[0]:g} mm")
     print(f"wrote {len(seqs)} volumes ({', '.join(s.name for s in seqs)}) and {png}")
+    if not a.no_networks:
+        _demo_networks(a, ph, vols, clean, flair, rng, out)
     return 0
+
+
+def _demo_networks(a, ph, vols, clean, flair, rng, out):
+    """The shipped networks on the demo's volumes, each result scored against the physics
+    reference (noise-free) and shown in ``networks.png``: Default-to-Param from a spin echo
+    at TE 50 ms / TR 4.5 s to the T2w preset, physics-informed synthesis of FLAIR from the
+    T1w and T2w volumes, and the CycleGAN's T1w -> T2w translation."""
+    from .data.io import Volume, sequence_metadata, write_volume
+    from .metrics import psnr
+    from .physics.phantoms import add_noise
+    from .physics.signal import PRESETS, SequenceParams
+    from .tasks.reparam import DEFAULT_TE, DEFAULT_TR, reparameterize
+    from .tasks.synth import synthesize
+    from .tasks.translate import translate
+    from .viz import montage
+
+    show = not a.quiet
+    default = SequenceParams("se", DEFAULT_TE, DEFAULT_TR, name=f"SE_TE{DEFAULT_TE * 1e3:g}_TR{DEFAULT_TR * 1e3:g}")
+    img = clean[default.name] = ph.render(default)
+    if a.snr:
+        img = add_noise(img, a.snr, rng)
+    vols[default.name] = Volume(img.astype(np.float32), **ph.geometry(), metadata=sequence_metadata(default))
+    write_volume(vols[default.name], out / f"{default.name}.nrrd")
+    t2 = PRESETS["T2w"]
+    cyc = translate(vols["T1w"], "t1_to_t2", progress=show)
+    cyc_seq = SequenceParams("se", cyc.acquisition["te"], cyc.acquisition["tr"]) if cyc.acquisition else None
+    results = [  # (output name, input name, result, its acquisition, reference name, label)
+        ("T2w_reparam", default.name, reparameterize(vols[default.name], DEFAULT_TE, DEFAULT_TR, t2.te, t2.tr,
+                                                     model="d2p", progress=show), t2, "T2w", "Default-to-Param"),
+        ("FLAIR_synth", "T1w", synthesize([vols["T1w"], vols["T2w"]], [PRESETS["T1w"], t2], flair, progress=show),
+         flair, flair.name, "synthesis from T1w + T2w"),
+        ("T2w_translate", "T1w", cyc, cyc_seq, "T2w", "CycleGAN"),
+    ]
+    head = ph.maps()["pd"] > 0
+    rows, names, titles = [], [], {}
+
+    def u8(x):   # each image on its own 0-255 scale (99.5th percentile of the head -> 255)
+        return np.clip(x / max(float(np.percentile(x[head], 99.5)), 1e-12) * 255.0, 0, 255)
+
+    for i, (name, src, res, seq, ref, label) in enumerate(results):
+        _write_like_input(vols[src], res.array, out / f"{name}.nrrd", out / f"{src}.nrrd", seq)
+        p, r = u8(res.array), u8(clean[ref])
+        score, copy = psnr(p[head], r[head]), psnr(u8(vols[src].array)[head], r[head])
+        print(f"{label}: {name}.nrrd, PSNR {score:.2f} dB against the noise-free {ref} (its input {src}: "
+              f"{copy:.2f} dB; head voxels, each volume on its own 0-255 scale)")
+        z = p.shape[0] // 2
+        rows.append([vols[src].array[z], p[z], r[z], np.abs(p[z] - r[z])])
+        names.append(f"{label}\n{name}")
+        titles[(i, 1)] = f"result, {score:.1f} dB (input {copy:.1f})"
+        titles[(i, 0)] = f"input: {src}"
+        titles[(i, 2)] = f"reference: {ref}"
+        titles[(i, 3)] = "|difference|, window 0-100"
+    png = montage(rows, out / "networks.png", row_titles=names, cmaps=["gray", "gray", "gray", "magma"],
+                  panel_titles=titles, panel_limits={(i, c): (0, 255 if c in (1, 2) else 100)
+                                                     for i in range(len(rows)) for c in (1, 2, 3)},
+                  title="the shipped networks on the BrainWeb demo volumes (axial; result and reference each "
+                        "on its own 0-255 scale)")
+    print(f"wrote {', '.join(r[0] + '.nrrd' for r in results)}, {default.name}.nrrd and {png}")
 
 
 def _input_times(a, vol):
@@ -472,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resample with partial volume to this voxel size, mm (2 = the paper's MRiLab grid)")
         sp.add_argument("--table", choices=sorted(TABLES), default=default_table, help="tissue property table")
 
-    s = sub.add_parser("demo", help="simulate T1w/T2w/PDw/FLAIR/STIR volumes from BrainWeb plus a PNG montage",
+    s = sub.add_parser("demo", help="simulate T1w/T2w/PDw/FLAIR/STIR volumes from BrainWeb, run the shipped "
+                                    "networks on them, PNG montages",
                        description=cmd_demo.__doc__)
     s.add_argument("--output", default="mrisynth_demo", help="output folder (default ./mrisynth_demo)")
     s.add_argument("--voxel-mm", type=float, default=None, help="voxel size, mm (default: BrainWeb's 1 mm)")
@@ -480,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--snr", type=float, default=None, help="add Rician noise at this SNR")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--no-networks", action="store_true",
+                   help="only simulate: skip running the shipped networks (Default-to-Param, synthesis, CycleGAN) "
+                        "on the volumes and networks.png")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("simulate", help="render a contrast volume from a phantom or from PD/T1/T2 maps",

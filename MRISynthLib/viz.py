@@ -24,13 +24,15 @@ def montage(images: Sequence[Sequence[np.ndarray]], path, row_titles: Optional[S
             col_titles: Optional[Sequence[str]] = None, title: Optional[str] = None,
             cmaps: Optional[Sequence[str]] = None, panel_inches: float = 2.4,
             robust: bool = True, panel_titles: Optional[dict] = None,
-            row_limits: Optional[Sequence[Optional[tuple]]] = None) -> Path:
+            row_limits: Optional[Sequence[Optional[tuple]]] = None,
+            panel_limits: Optional[dict] = None) -> Path:
     """Save a grid of 2D images (rows x columns) as a PNG, written atomically.
 
     Each panel is windowed from min(0, its minimum) to its 99.9th percentile when
     ``robust`` (else min-max); ``cmaps`` gives one colour map per column (default grey);
     ``panel_titles`` maps (row, column) to a title above that panel; ``row_limits`` gives a
-    fixed (low, high) window per row (None: per panel as above), so panels compare.
+    fixed (low, high) window per row (None: per panel as above), so panels compare;
+    ``panel_limits`` maps (row, column) to a fixed window for that panel (before ``row_limits``).
     """
     plt = _plt()
     nr, nc = len(images), max(len(r) for r in images)
@@ -45,7 +47,9 @@ def montage(images: Sequence[Sequence[np.ndarray]], path, row_titles: Optional[S
             if j >= len(row) or row[j] is None:
                 continue
             img = np.asarray(row[j], float)
-            if row_limits and i < len(row_limits) and row_limits[i] is not None:
+            if panel_limits and (i, j) in panel_limits:
+                lo, hi = panel_limits[(i, j)]
+            elif row_limits and i < len(row_limits) and row_limits[i] is not None:
                 lo, hi = row_limits[i]
             else:
                 lo, hi = (min(0.0, img.min()), np.percentile(img, 99.9)) if robust else (img.min(), img.max())
