@@ -166,6 +166,7 @@ class MRISynthParameterNode:
     synthSecondTE: float = 0.015
     synthSecondTR: float = 0.6
     synthAssist: bool = False
+    synthNull: str = "none"
     saveMaps: bool = False
     liveRender: bool = False
     reconSource: str = "input volume (simulated)"
@@ -211,7 +212,8 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slider.connect("valueChanged(double)", self.onTargetChanged)
         for slider in (self.ui.synthTESlider, self.ui.synthTRSlider, self.ui.synthTISlider, self.ui.synthFlipSlider):
             slider.connect("valueChanged(double)", self.onSynthTargetChanged)
-        self.ui.synthSequenceComboBox.connect("currentIndexChanged(int)", self.onSynthTargetChanged)
+        for combo in (self.ui.synthSequenceComboBox, self.ui.synthNullComboBox):
+            combo.connect("currentIndexChanged(int)", self.onSynthTargetChanged)
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.synthSecondVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSecondInputChanged)
@@ -576,9 +578,16 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
                 return f"The {what} TE must be positive and shorter than TR"
         if synth and p.synthSequence == "ir" and not (0 < p.synthTI < p.synthTR - p.synthTE):
             return "TI must lie between 0 and TR - TE"
+        if synth and p.synthNull != "none" and p.synthSequence != "ir":
+            return "Nulling a tissue needs the ir (inversion recovery) sequence"
         if synth and p.synthSequence == "gre" and not (0 < p.synthFlip <= 180):
             return "The flip angle must lie in (0, 180] degrees"
         return None
+
+    @staticmethod
+    def nullFromParameters(p):
+        """The tissue whose estimated T1 sets TI ("csf", "fat"), or None (TI as set)."""
+        return p.synthNull if p.synthSequence == "ir" and p.synthNull != "none" else None
 
     @staticmethod
     def targetFromParameters(p):
@@ -589,15 +598,17 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
 
     def synthesize(self, inputNode, target, inputTE=None, inputTR=None, device="auto", outputNode=None,
                    saveMaps=False, cancel=None, progress=None, secondNode=None, secondTE=None, secondTR=None,
-                   assist=False):
+                   assist=False, null=None):
         """Render ``target`` (a MRISynthLib.physics.signal.SequenceParams, e.g. PRESETS["FLAIR"]) from a
         spin-echo input (and optionally a second spin echo of the same grid, ``secondNode``) through the
         estimated PD/T1/T2; returns (outputNode, maps dict). ``assist``: one input only; also fit the
-        spin echoes the re-parameterization Param-Net predicts from it (better renders, about 16 times slower)."""
+        spin echoes the re-parameterization Param-Net predicts from it (better renders, about 16 times slower).
+        ``null``: "csf" or "fat": an ir target's TI is set to null that tissue as estimated."""
         from MRISynthLib.mrml import synthesize_node
         return synthesize_node(slicer.mrmlScene, inputNode, target, inputTE, inputTR, device=device,
                                output_node=outputNode, save_maps=saveMaps, cancel=cancel, progress_callback=progress,
-                               second_node=secondNode, second_te=secondTE, second_tr=secondTR, assist=assist)
+                               second_node=secondNode, second_te=secondTE, second_tr=secondTR, assist=assist,
+                               null=null)
 
     def reconstruct(self, inputNode=None, kspaceFile=None, method="cs", mask="vd1d", accel=4.0, device="auto",
                     outputNode=None, cancel=None, progress=None):
@@ -634,7 +645,8 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
         if p.task == TASK_SYNTH:
             settings = {**base, "sequence": p.synthSequence, "te": p.synthTE, "tr": p.synthTR, "ti": p.synthTI,
                         "flip": p.synthFlip, "input_te": p.inputTE, "input_tr": p.inputTR, "save_maps": p.saveMaps,
-                        "second_input": bool(p.synthSecondVolume), "assist": p.synthAssist and not p.synthSecondVolume}
+                        "second_input": bool(p.synthSecondVolume), "assist": p.synthAssist and not p.synthSecondVolume,
+                        "null": MRISynthLogic.nullFromParameters(p)}
             if p.synthSecondVolume:  # the node itself: MRISynthLogic.startBackground passes it on
                 settings.update(second_te=p.synthSecondTE, second_tr=p.synthSecondTR)
             return "synth", settings, p.inputVolume, None, p.outputVolume
@@ -666,7 +678,7 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
                                     cancel=cancel, progress=progress, secondNode=second,
                                     secondTE=p.synthSecondTE if second else None,
                                     secondTR=p.synthSecondTR if second else None,
-                                    assist=p.synthAssist and not second)
+                                    assist=p.synthAssist and not second, null=self.nullFromParameters(p))
         p.outputVolume = out
         return out
 

@@ -156,13 +156,14 @@ def _demo_networks(a, ph, vols, clean, flair, rng, out):
     """The shipped networks on the demo's volumes, each result scored against the physics
     reference (noise-free) and shown in ``networks.png``: Default-to-Param from a spin echo
     at TE 50 ms / TR 4.5 s to the T2w preset, physics-informed synthesis of FLAIR from the
-    T1w and T2w volumes, and the CycleGAN's T1w -> T2w translation."""
+    T1w and T2w volumes (TI set to null the CSF as estimated, as a technologist would), and
+    the CycleGAN's T1w -> T2w translation."""
     from .data.io import Volume, sequence_metadata, write_volume
     from .metrics import psnr
     from .physics.phantoms import add_noise
     from .physics.signal import PRESETS, SequenceParams
     from .tasks.reparam import DEFAULT_TE, DEFAULT_TR, reparameterize
-    from .tasks.synth import synthesize
+    from .tasks.synth import estimate_maps, nulled
     from .tasks.translate import translate
     from .viz import montage
 
@@ -174,30 +175,38 @@ def _demo_networks(a, ph, vols, clean, flair, rng, out):
     vols[default.name] = Volume(img.astype(np.float32), **ph.geometry(), metadata=sequence_metadata(default))
     write_volume(vols[default.name], out / f"{default.name}.nrrd")
     t2 = PRESETS["T2w"]
+    est = estimate_maps([vols["T1w"], vols["T2w"]], [PRESETS["T1w"], t2], progress=show)
+    flair_null = nulled(flair, est, "csf")
+    fl = vols["T1w"].with_array(est.render(flair_null))
     cyc = translate(vols["T1w"], "t1_to_t2", progress=show)
     cyc_seq = SequenceParams("se", cyc.acquisition["te"], cyc.acquisition["tr"]) if cyc.acquisition else None
     results = [  # (output name, input name, result, its acquisition, reference name, label)
         ("T2w_reparam", default.name, reparameterize(vols[default.name], DEFAULT_TE, DEFAULT_TR, t2.te, t2.tr,
                                                      model="d2p", progress=show), t2, "T2w", "Default-to-Param"),
-        ("FLAIR_synth", "T1w", synthesize([vols["T1w"], vols["T2w"]], [PRESETS["T1w"], t2], flair, progress=show),
-         flair, flair.name, "synthesis from T1w + T2w"),
+        ("FLAIR_synth", "T1w", fl, flair_null, flair.name,
+         "synthesis from T1w + T2w (TI nulls its CSF)"),
         ("T2w_translate", "T1w", cyc, cyc_seq, "T2w", "CycleGAN"),
     ]
     head = ph.maps()["pd"] > 0
+    label = ph.fractions.argmax(0)
     rows, names, titles = [], [], {}
+
+    def csf_gm(x):
+        return float(x[label == 1].mean() / max(float(x[label == 2].mean()), 1e-12))
 
     def u8(x):   # each image on its own 0-255 scale (99.5th percentile of the head -> 255)
         return np.clip(x / max(float(np.percentile(x[head], 99.5)), 1e-12) * 255.0, 0, 255)
 
-    for i, (name, src, res, seq, ref, label) in enumerate(results):
+    for i, (name, src, res, seq, ref, what) in enumerate(results):
         _write_like_input(vols[src], res.array, out / f"{name}.nrrd", out / f"{src}.nrrd", seq)
         p, r = u8(res.array), u8(clean[ref])
         score, copy = psnr(p[head], r[head]), psnr(u8(vols[src].array)[head], r[head])
-        print(f"{label}: {name}.nrrd, PSNR {score:.2f} dB against the noise-free {ref} (its input {src}: "
-              f"{copy:.2f} dB; head voxels, each volume on its own 0-255 scale)")
+        print(f"{what}: {name}.nrrd, PSNR {score:.2f} dB against the noise-free {ref} (its input {src}: "
+              f"{copy:.2f} dB; head voxels, each volume on its own 0-255 scale); CSF / grey matter level "
+              f"{csf_gm(res.array):.2f} (reference {csf_gm(clean[ref]):.2f})")
         z = p.shape[0] // 2
         rows.append([vols[src].array[z], p[z], r[z], np.abs(p[z] - r[z])])
-        names.append(f"{label}\n{name}")
+        names.append(f"{what}\n{name}")
         titles[(i, 1)] = f"result, {score:.1f} dB (input {copy:.1f})"
         titles[(i, 0)] = f"input: {src}"
         titles[(i, 2)] = f"reference: {ref}"
@@ -207,6 +216,9 @@ def _demo_networks(a, ph, vols, clean, flair, rng, out):
                                                      for i in range(len(rows)) for c in (1, 2, 3)},
                   title="the shipped networks on the BrainWeb demo volumes (axial; result and reference each "
                         "on its own 0-255 scale)")
+    print(f"FLAIR synthesis: TI {flair_null.ti:.3f} s nulls the CSF as estimated (T1 {est.t1[0]:.2f} s); at the "
+          f"reference's TI {flair.ti:.3f} s (the table's CSF T1) its CSF / grey matter level would be "
+          f"{csf_gm(est.render(flair)):.2f}")
     print(f"wrote {', '.join(r[0] + '.nrrd' for r in results)}, {default.name}.nrrd and {png}")
 
 
@@ -271,11 +283,13 @@ def cmd_synth(a) -> int:
 
     from .data.io import IMAGE_2D_SUFFIXES, file_suffix, read_volume, to_uint8, write_volume
     from .physics.signal import SequenceParams
-    from .tasks.synth import assisted_maps, estimate_maps, maps_volumes
+    from .tasks.synth import assisted_maps, estimate_maps, maps_volumes, nulled
 
     if len(a.input) > 2:
         raise CLIError("give at most two --input images")
     target = _sequence_from_args(a)  # validated before any work
+    if a.null and target.sequence != "ir":
+        raise CLIError("--null needs an inversion-recovery target (--preset FLAIR or STIR, or --sequence ir)")
     vols, seqs = [], []
     for j, path in enumerate(a.input):
         vol = read_volume(path)
@@ -304,6 +318,10 @@ def cmd_synth(a) -> int:
             est = estimate_maps(vols, seqs, model=a.model, device=a.device, progress=not a.quiet,
                                 progress_callback=a.progress_callback, flip_average=not a.no_flip_average)
     t1 = time.time()
+    try:
+        target = nulled(target, est, a.null)
+    except ValueError as e:
+        raise CLIError(str(e))
     out = est.render(target)
     t2 = time.time()
     for w in caught:
@@ -312,7 +330,8 @@ def cmd_synth(a) -> int:
     if out_suffix in IMAGE_2D_SUFFIXES:
         out = to_uint8(out, lo=0.0)  # display-normalised 8-bit
     _write_like_input(vols[0], out, a.output, a.input[0], target)
-    msg = (f"wrote {a.output}: {target.describe()} from {len(vols)} input(s){' (Param-Net assisted)' if a.assist else ''} ({out.shape}; maps "
+    msg = (f"wrote {a.output}: {target.describe()}{f' (TI nulls the estimated {a.null})' if a.null else ''} from "
+           f"{len(vols)} input(s){' (Param-Net assisted)' if a.assist else ''} ({out.shape}; maps "
            f"{t1 - t0:.2f} s, render {(t2 - t1) * 1e3:.0f} ms)")
     if a.save_maps:
         out_p = Path(a.output)
@@ -624,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one spin-echo input: also fit the spin echoes the re-parameterization Param-Net predicts "
                         "from it (Default-to-Param for a TE 50 ms / TR 4.5 s input, else Param-to-Param): far "
                         "better renders from one scan, about 16 times slower")
+    s.add_argument("--null", choices=["csf", "fat"], default=None,
+                   help="inversion-recovery target: set TI to null this tissue as the estimate gives its T1 "
+                        "(FLAIR: csf, STIR: fat), instead of --ti or the preset's TI")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
 

@@ -137,7 +137,7 @@ def command(task: str, workdir, settings: dict, python: Optional[str] = None) ->
 
     ``settings``: reparam: target_te, target_tr, model; synth: sequence, te, tr, ti, flip,
     save_maps, second_input (True: ``SECOND_INPUT`` was written too), assist (one input:
-    Param-Net assistance); translate: direction; recon: method; cine: method, accel; all: device.
+    Param-Net assistance), null (ir: "csf" or "fat", TI set to null it as estimated); translate: direction; recon: method; cine: method, accel; all: device.
     Input TE/TR come from the input file's header.
     """
     w = Path(workdir)
@@ -152,6 +152,8 @@ def command(task: str, workdir, settings: dict, python: Optional[str] = None) ->
         args += ["--sequence", seq, "--te", _fmt(settings["te"]), "--tr", _fmt(settings["tr"])]
         if seq == "ir":
             args += ["--ti", _fmt(settings["ti"])]
+            if settings.get("null"):
+                args += ["--null", str(settings["null"])]
         if seq == "gre":
             args += ["--flip", _fmt(settings["flip"])]
         if settings.get("save_maps"):

@@ -210,7 +210,7 @@ _LAST_SYNTH: dict = {}
 def synthesize_node(scene, input_node, target, input_te: Optional[float] = None, input_tr: Optional[float] = None,
                     model=None, device="auto", output_node=None, save_maps: bool = False, cancel=None,
                     progress_callback=None, second_node=None, second_te: Optional[float] = None,
-                    second_tr: Optional[float] = None, assist: bool = False):
+                    second_tr: Optional[float] = None, assist: bool = False, null: Optional[str] = None):
     """Physics-informed synthesis of ``target`` (a :class:`SequenceParams`) from a spin-echo
     input node; returns ``(output_node, maps)`` where ``maps`` maps "pd"/"t1"/"t2"/"t2star"
     to new nodes when ``save_maps`` (PD relative to water, times in seconds).
@@ -220,17 +220,22 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
     pins down mixtures of three tissues that one image cannot (see the README's synthesis
     table). Resample it onto the first input's grid first if it was acquired on another.
     ``assist``: with one input, also fit the spin echoes that the re-parameterization
-    Param-Net predicts from it (:func:`MRISynthLib.tasks.synth.assisted_maps`).
+    Param-Net predicts from it (:func:`MRISynthLib.tasks.synth.assisted_maps`). ``null``:
+    ``"csf"`` or ``"fat"``: an inversion-recovery target's TI is replaced by the one that
+    nulls that tissue as estimated (:func:`MRISynthLib.tasks.synth.nulled`; the node's
+    name and recorded TI say which TI was used).
 
     The map estimate is cached by the library, so calling this again with another target
     (a slider move) only re-renders. The input nodes are never modified and nothing is
     added to the scene before the whole volume is computed.
     """
     from .physics.signal import SequenceParams
-    from .tasks.synth import assisted_maps, estimate_maps
+    from .tasks.synth import assisted_maps, estimate_maps, nulled
 
     if not isinstance(target, SequenceParams):
         raise TypeError("target must be a SequenceParams")
+    if null is not None and target.sequence != "ir":
+        raise ValueError("nulling a tissue needs an inversion-recovery target (FLAIR, STIR, sequence ir)")
     if assist and second_node is not None:
         raise ValueError("Param-Net assistance takes one input; with a second scan both scans are fitted instead")
     input_te, input_tr = _input_times(input_node, output_node, input_te, input_tr)
@@ -257,6 +262,7 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
                                 progress_callback=progress_callback)
         _LAST_SYNTH.clear()
         _LAST_SYNTH[key] = (vol, est)
+    target = nulled(target, est, null)
     out = vol.with_array(est.render(target))
     name = output_name("synth", input_node.GetName(), sequence=target.sequence, te=target.te, tr=target.tr,
                        ti=target.ti, flip=target.flip)
@@ -465,6 +471,8 @@ def job_result_to_scene(scene, task: str, result, settings: dict, input_node=Non
     """Put a background run's :class:`~MRISynthLib.jobs.JobResult` into the scene exactly as
     the in-process functions above do (same names, geometry, study, recorded TE/TR); returns
     the output node (for synth: ``(node, maps)``)."""
+    if task == "synth" and result.volume is not None and result.volume.acquisition.get("ti") is not None:
+        settings = {**settings, "ti": result.volume.acquisition["ti"]}   # the TI used (--null sets its own)
     name = output_name(task, input_node.GetName() if input_node is not None else None, **settings)
     if task == "cine":
         return write_sequence_node(scene, result.frames, result.geometry, name, reference_node=input_node,

@@ -128,7 +128,8 @@ def test_job_from_parameters_covers_every_task(module):
     p = types.SimpleNamespace(task=None, device="cpu", targetTE=0.1, targetTR=4.0, inputTE=0.05, inputTR=4.5,
                               model="d2p", synthSequence="gre", synthTE=0.005, synthTR=0.02, synthTI=1.0,
                               synthFlip=20.0, saveMaps=False, synthSecondVolume=None, synthSecondTE=0.015,
-                              synthSecondTR=0.6, synthAssist=True, translateDirection="t1_to_t2", reconMethod="cs",
+                              synthSecondTR=0.6, synthAssist=True, synthNull="csf", translateDirection="t1_to_t2",
+                              reconMethod="cs",
                               reconMask="vd1d", reconAccel=4.0, reconSource=mod.RECON_FROM_FILE,
                               kspaceFile=sample_path("MRISynthBrainWebKspace"), cineMethod="cascade", cineAccel=5.0,
                               inputVolume=node, outputVolume=None, inputSequence="seq", outputSequence=None)
@@ -143,6 +144,7 @@ def test_job_from_parameters_covers_every_task(module):
         assert mrml.output_name(task, "SE", **settings)
         if task == "synth":                      # one input: the panel's assistance reaches the command
             assert settings["assist"] and "--assist" in args and not settings["second_input"]
+            assert settings["null"] is None and "--null" not in args     # nulling is for ir targets only
     assert kfile is None and inp == "seq"
 
 
@@ -157,9 +159,10 @@ def test_synthesis_from_two_scans_with_the_panel_settings(module):
     p = types.SimpleNamespace(task=mod.TASK_SYNTH, device="cpu", inputTE=0.05, inputTR=4.5, synthSequence="ir",
                               synthTE=0.12, synthTR=9.0, synthTI=2.5, synthFlip=20.0, saveMaps=False,
                               synthSecondVolume=second, synthSecondTE=0.015, synthSecondTR=0.5, inputVolume=node,
-                              outputVolume=None, synthAssist=True)
+                              outputVolume=None, synthAssist=True, synthNull="csf")
     check = mod.MRISynthLogic.validateSettings
     assert check(p) is None
+    assert "ir" in check(types.SimpleNamespace(**{**vars(p), "synthSequence": "se"}))
     for change, problem in (({"synthSecondVolume": node}, "another volume"), ({"outputVolume": second}, "second input"),
                             ({"synthSecondTE": 0.6}, "second input TE")):
         assert problem in check(types.SimpleNamespace(**{**vars(p), **change}))
@@ -175,6 +178,10 @@ def test_synthesis_from_two_scans_with_the_panel_settings(module):
     assert error is None and maps == {}
     a, b = slicer.util.arrayFromVolume(out), slicer.util.arrayFromVolume(direct)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+    # TI nulls the estimated CSF in both runs, recorded on the nodes and in their names
+    ti = [mrml.acquisition_from_node(n)["ti"] for n in (out, direct)]
+    assert ti[0] == pytest.approx(ti[1], rel=1e-6) and abs(ti[0] - 2.5) > 1e-3
+    assert f"TI{ti[0] * 1e3:.0f}" in direct.GetName() and out.GetName().startswith(direct.GetName())
     for n, arr in zip((node, second), before):
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(n), arr)
     assert not run.workdir.exists()

@@ -316,6 +316,29 @@ def test_resume_with_fewer_steps_keeps_the_checkpoint_step(tmp_path):
     assert torch.load(tmp_path / "quant_ckpt.pt", weights_only=False)["step"] == 3
 
 
+def test_null_ti_nulls_the_estimated_compartment():
+    """The nulling TI comes from the estimate's own T1 of CSF (compartment 0) or fat (3): a
+    pure voxel of that compartment renders black, one of another does not."""
+    k = 9
+    t1 = np.array([4.0, 0.98, 0.6, 0.3, 1.1, 0.3, 0.1, 0.97, 1.0], np.float32)
+    t2 = np.full(k, 0.08, np.float32)
+    scaled = np.zeros((k, 1, 2, 2), np.float32)
+    scaled[0, 0, 0, 0] = scaled[3, 0, 0, 1] = scaled[1, 0, 1, 0] = 1.0
+    est = synth_task.MapEstimate(scaled, np.ones(1, np.float32), t1, t2, t2.copy())
+    flair, stir = PRESETS["FLAIR"], PRESETS["STIR"]
+    for tissue, target, px in (("csf", flair, (0, 0)), ("fat", stir, (0, 1))):
+        seq = synth_task.nulled(target, est, tissue)
+        assert seq.ti != target.ti and (seq.te, seq.tr) == (target.te, target.tr)
+        out = est.render(seq)[0]
+        assert abs(out[px]) < 1e-5 and abs(out[1, 0]) > 0.05
+        assert abs(est.render(target)[0][px]) > 1e-3      # the preset's TI leaves it grey
+    assert synth_task.nulled(flair, est, None) is flair
+    with pytest.raises(ValueError, match="inversion-recovery"):
+        synth_task.nulled(PRESETS["T2w"], est, "csf")
+    with pytest.raises(ValueError, match="tissue must be one of"):
+        est.null_ti("wm", 9.0, 0.1)
+
+
 def test_cli_synth_with_the_shipped_model_writes_image_and_maps(tmp_path):
     from MRISynthLib.cli import main
     from MRISynthLib.data import io
@@ -355,6 +378,18 @@ def test_cli_synth_with_the_shipped_model_writes_image_and_maps(tmp_path):
     assert io.read_volume(tmp_path / "t2.png").array.shape == img[1].shape
     assert main(["synth", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--sequence", "se",
                  "--te", "3", "--tr", "2", "-o", str(tmp_path / "bad.nrrd")]) == 2
+    assert not (tmp_path / "bad.nrrd").exists()
+    # --null csf: the TI that nulls the estimated CSF, written to the header
+    assert main(["synth", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--preset", "FLAIR",
+                 "--null", "csf", "-o", str(tmp_path / "flair_null.nrrd"), "--quiet"]) == 0
+    est = synth_task.estimate_maps(img.astype(np.float32), SequenceParams("se", 0.05, 4.5))
+    ti = est.null_ti("csf", PRESETS["FLAIR"].tr, PRESETS["FLAIR"].te)
+    got = io.read_volume(tmp_path / "flair_null.nrrd")
+    assert got.acquisition["ti"] == pytest.approx(ti)
+    np.testing.assert_allclose(got.array, est.render(SequenceParams("ir", PRESETS["FLAIR"].te, PRESETS["FLAIR"].tr,
+                                                                    ti=ti)), rtol=1e-4, atol=1e-6)
+    assert main(["synth", "-i", str(src), "--input-te", "0.05", "--input-tr", "4.5", "--preset", "T2w",
+                 "--null", "csf", "-o", str(tmp_path / "bad.nrrd")]) == 2
     assert not (tmp_path / "bad.nrrd").exists()
 
 

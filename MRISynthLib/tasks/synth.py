@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -34,7 +34,7 @@ from ..data.io import Volume
 from ..device import resolve_device
 from ..models.quantitative import (REFINE_EPS, REFINE_ITERS, REFINE_LAM, QuantConfig, QuantNet, effective_maps,
                                    flip_averaged, refine_fractions, stack_inputs)
-from ..physics.signal import SequenceParams
+from ..physics.signal import SequenceParams, ti_null
 from . import Cancelled, check_image_array
 
 NET_SIZE = 256
@@ -46,6 +46,19 @@ def load_model(model: Optional[str] = None, device=None) -> Tuple[QuantNet, Mode
     """Load (and cache per model and device) a catalog model; verifies the SHA256."""
     card = get_card(model or shipped_models("synth", "physics-informed synthesis")[0].id)
     return load_network(card, lambda arch: QuantNet(QuantConfig(**arch)), device), card
+
+
+NULL_COMPARTMENTS = {"csf": 0, "fat": 3}   # compartment k holds BrainWeb label k + 1
+
+
+def nulled(target: SequenceParams, est: "MapEstimate", tissue: Optional[str]) -> SequenceParams:
+    """``target`` (an inversion recovery) with its TI replaced by the one that nulls ``tissue``
+    as ``est`` estimates it (:meth:`MapEstimate.null_ti`); ``tissue`` None: ``target`` as is."""
+    if tissue is None:
+        return target
+    if target.sequence != "ir":
+        raise ValueError("nulling a tissue needs an inversion-recovery target (FLAIR, STIR, --sequence ir)")
+    return replace(target, ti=est.null_ti(tissue, target.tr, target.te))
 
 
 @dataclass
@@ -69,6 +82,19 @@ class MapEstimate:
         k = self.scaled.shape[0]
         out = (s @ torch.from_numpy(self.scaled).view(k, -1)).view(self.scaled.shape[1:]).numpy()
         return out[0] if self.is_2d else out
+
+    def null_ti(self, tissue: str, tr: float, te: float = 0.0) -> float:
+        """The inversion time that nulls ``tissue`` (``"csf"`` or ``"fat"``: the compartments of
+        BrainWeb labels 1 and 4) at this TR and TE, from the T1 this estimate gives it: what a
+        technologist sets for FLAIR or STIR. A TI computed from a textbook T1 instead leaves the
+        tissue grey wherever the estimate differs (CSF T1 is poorly determined by T1w/T2w
+        inputs with short TR)."""
+        if tissue not in NULL_COMPARTMENTS:
+            raise ValueError(f"tissue must be one of {sorted(NULL_COMPARTMENTS)}, got {tissue!r}")
+        ti = float(ti_null(float(self.t1[NULL_COMPARTMENTS[tissue]]), tr, te))
+        if not 0.0 < ti < tr - te:
+            raise ValueError(f"no inversion time in (0, TR - TE) nulls the estimated {tissue} at TR {tr:g} s")
+        return ti
 
     def maps(self) -> Dict[str, np.ndarray]:
         """Per-voxel PD (relative to water), T1, T2 and T2* (s) (see :func:`effective_maps`)."""
@@ -322,12 +348,18 @@ def clear_cache() -> None:
 
 
 def synthesize(inputs, acquisitions, target: SequenceParams, model=None, device=None, progress: bool = False,
-               cancel=None, progress_callback=None):
-    """Render ``target`` from the input(s); a :class:`Volume` first input gives a Volume back."""
+               cancel=None, progress_callback=None, null: Optional[str] = None):
+    """Render ``target`` from the input(s); a :class:`Volume` first input gives a Volume back
+    (its ``acquisition`` the rendered one). ``null``: ``"csf"`` or ``"fat"``: replace an
+    inversion-recovery target's TI by the one that nulls that tissue as estimated
+    (:func:`nulled`)."""
     if not isinstance(target, SequenceParams):
         target = _as_seq(target)
+    if null is not None and target.sequence != "ir":   # before the estimate's work
+        raise ValueError("nulling a tissue needs an inversion-recovery target (FLAIR, STIR, --sequence ir)")
     est = estimate_maps(inputs, acquisitions, model=model, device=device, progress=progress, cancel=cancel,
                         progress_callback=progress_callback)
+    target = nulled(target, est, null)
     out = est.render(target)
     first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
     if isinstance(first, Volume):
