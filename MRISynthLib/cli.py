@@ -130,12 +130,18 @@ def cmd_demo(a) -> int:
     seqs = [PRESETS["T1w"], PRESETS["T2w"], PRESETS["PDw"], flair, stir]
     rng = np.random.default_rng(a.seed)
     rows, names, vols, clean = [], [], {}, {}
-    for seq in tqdm(seqs, desc="simulating contrasts", disable=a.quiet):
+
+    def simulate(seq):
+        """Render ``seq`` (noise-free into ``clean``), add the noise, write the volume."""
         clean[seq.name] = img = ph.render(seq)
         if a.snr:
             img = add_noise(img, a.snr, rng)
-        vols[seq.name] = vol = Volume(img.astype(np.float32), **ph.geometry(), metadata=sequence_metadata(seq))
-        write_volume(vol, out / f"{seq.name}.nrrd")
+        vols[seq.name] = Volume(img.astype(np.float32), **ph.geometry(), metadata=sequence_metadata(seq))
+        write_volume(vols[seq.name], out / f"{seq.name}.nrrd")
+        return img
+
+    for seq in tqdm(seqs, desc="simulating contrasts", disable=a.quiet):
+        img = simulate(seq)
         rows.append(orthogonal_views(img))
         names.append(f"{seq.name}\n{seq.describe().split(' ', 1)[1]}")
     maps = ph.maps()
@@ -148,19 +154,18 @@ def cmd_demo(a) -> int:
                   title=f"BrainWeb, {ph.table.name} tissue table, {ph.spacing[0]:g} mm")
     print(f"wrote {len(seqs)} volumes ({', '.join(s.name for s in seqs)}) and {png}")
     if not a.no_networks:
-        _demo_networks(a, ph, vols, clean, flair, rng, out)
+        _demo_networks(a, ph, vols, clean, flair, simulate, out)
     return 0
 
 
-def _demo_networks(a, ph, vols, clean, flair, rng, out):
+def _demo_networks(a, ph, vols, clean, flair, simulate, out):
     """The shipped networks on the demo's volumes, each result scored against the physics
     reference (noise-free) and shown in ``networks.png``: Default-to-Param from a spin echo
     at TE 50 ms / TR 4.5 s to the T2w preset, physics-informed synthesis of FLAIR from the
     T1w and T2w volumes (TI set to null the CSF as estimated, as a technologist would), and
-    the CycleGAN's T1w -> T2w translation."""
-    from .data.io import Volume, sequence_metadata, write_volume
+    the CycleGAN's T1w -> T2w translation. ``simulate(seq)`` adds a simulated volume to
+    ``vols`` and ``clean`` (noisy and noise-free) and writes it."""
     from .metrics import psnr
-    from .physics.phantoms import add_noise
     from .physics.signal import PRESETS, SequenceParams
     from .tasks.reparam import DEFAULT_TE, DEFAULT_TR, reparameterize
     from .tasks.synth import estimate_maps, nulled
@@ -169,11 +174,7 @@ def _demo_networks(a, ph, vols, clean, flair, rng, out):
 
     show = not a.quiet
     default = SequenceParams("se", DEFAULT_TE, DEFAULT_TR, name=f"SE_TE{DEFAULT_TE * 1e3:g}_TR{DEFAULT_TR * 1e3:g}")
-    img = clean[default.name] = ph.render(default)
-    if a.snr:
-        img = add_noise(img, a.snr, rng)
-    vols[default.name] = Volume(img.astype(np.float32), **ph.geometry(), metadata=sequence_metadata(default))
-    write_volume(vols[default.name], out / f"{default.name}.nrrd")
+    simulate(default)
     t2 = PRESETS["T2w"]
     est = estimate_maps([vols["T1w"], vols["T2w"]], [PRESETS["T1w"], t2], progress=show)
     flair_null = nulled(flair, est, "csf")
@@ -283,13 +284,15 @@ def cmd_synth(a) -> int:
 
     from .data.io import IMAGE_2D_SUFFIXES, file_suffix, read_volume, to_uint8, write_volume
     from .physics.signal import SequenceParams
-    from .tasks.synth import assisted_maps, estimate_maps, maps_volumes, nulled
+    from .tasks.synth import assisted_maps, check_null, estimate_maps, maps_volumes, nulled
 
     if len(a.input) > 2:
         raise CLIError("give at most two --input images")
     target = _sequence_from_args(a)  # validated before any work
-    if a.null and target.sequence != "ir":
-        raise CLIError("--null needs an inversion-recovery target (--preset FLAIR or STIR, or --sequence ir)")
+    try:
+        check_null(target, a.null)
+    except ValueError as e:
+        raise CLIError(f"--null: {e}")
     vols, seqs = [], []
     for j, path in enumerate(a.input):
         vol = read_volume(path)

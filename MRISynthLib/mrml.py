@@ -230,12 +230,11 @@ def synthesize_node(scene, input_node, target, input_te: Optional[float] = None,
     added to the scene before the whole volume is computed.
     """
     from .physics.signal import SequenceParams
-    from .tasks.synth import assisted_maps, estimate_maps, nulled
+    from .tasks.synth import assisted_maps, check_null, estimate_maps, nulled
 
     if not isinstance(target, SequenceParams):
         raise TypeError("target must be a SequenceParams")
-    if null is not None and target.sequence != "ir":
-        raise ValueError("nulling a tissue needs an inversion-recovery target (FLAIR, STIR, sequence ir)")
+    check_null(target, null)
     if assist and second_node is not None:
         raise ValueError("Param-Net assistance takes one input; with a second scan both scans are fitted instead")
     input_te, input_tr = _input_times(input_node, output_node, input_te, input_tr)

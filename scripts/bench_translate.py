@@ -104,13 +104,12 @@ def tissue_levels(preds, refs, labels):
     return {t: (float(p[lab == t].mean()), float(r[lab == t].mean())) for t in LEVEL_TISSUES if (lab == t).any()}
 
 
-def cycle_levels(tp, net, table_index):
+def cycle_levels(tp, net, table="mrilab_full"):
     """Fat and skull levels (0-255) of the MRiLab+fat T1w inputs, of their T2w translations,
     of those translated back (as they are, and with the translation's fat pixels set to its
     mean skull level), and of the true T2w images translated to T1w: whether the way back
     recovers what the translation does not show, and from where."""
-    n_q = len(np.unique(tp["q"]))
-    idx = [i for i in range(len(tp["t1_in"])) if (i // n_q) % len(TABLES) == table_index]
+    idx = np.flatnonzero(tp["table"] == table)
     lab = tp["label"][idx]
     fwd = translate(tp["t1_in"][idx], "t1_to_t2", model=net, device="cpu")
     masked = np.stack([np.where(lb == 4, im[lb == 7].mean(), im) for im, lb in zip(fwd, lab)])
@@ -172,7 +171,7 @@ def main():
         tp = test_pairs(anatomy, protocol=protocol, slices=a.slices, tables=TABLES)
         if anatomy == "brainweb":
             timing_slice = tp["t1_in"][len(tp["t1_in"]) // 2]
-            cycle = cycle_levels(tp, net, TABLES.index("mrilab_full"))
+            cycle = cycle_levels(tp, net)
         for direction, (src, dst) in PAIRS.items():
             x = [u8(im) for im in tp[src]]
             y = [u8(im) for im in tp[dst]]
@@ -193,9 +192,8 @@ def main():
                 [pred[i] for i in middle], [y[i] for i in middle], tp["brain"][middle])
             results[(anatomy, direction, "oracle: truth at the middle TE/TR")] = evaluate(
                 [y[i - i % n_q + n_q // 2] for i in others], [y[i] for i in others], tp["brain"][others])
-            # test_pairs order: slice, then tissue table, then TE/TR setting
-            for t, table in enumerate(TABLES):
-                idx = [i for i in range(len(y)) if (i // n_q) % len(TABLES) == t]
+            for table in TABLES:
+                idx = np.flatnonzero(tp["table"] == table)
                 by_table[(anatomy, direction, table)] = evaluate([pred[i] for i in idx], [y[i] for i in idx],
                                                                  tp["brain"][idx])["psnr"]
                 if anatomy == "brainweb":

@@ -51,14 +51,22 @@ def load_model(model: Optional[str] = None, device=None) -> Tuple[QuantNet, Mode
 NULL_COMPARTMENTS = {"csf": 0, "fat": 3}   # compartment k holds BrainWeb label k + 1
 
 
+def check_null(target: SequenceParams, tissue: Optional[str]) -> None:
+    """ValueError unless ``tissue`` is None or a nullable tissue and ``target`` an inversion
+    recovery (call it before the estimate's work)."""
+    if tissue is None:
+        return
+    if tissue not in NULL_COMPARTMENTS:
+        raise ValueError(f"tissue must be one of {sorted(NULL_COMPARTMENTS)}, got {tissue!r}")
+    if target.sequence != "ir":
+        raise ValueError("nulling a tissue needs an inversion-recovery target (FLAIR, STIR, --sequence ir)")
+
+
 def nulled(target: SequenceParams, est: "MapEstimate", tissue: Optional[str]) -> SequenceParams:
     """``target`` (an inversion recovery) with its TI replaced by the one that nulls ``tissue``
     as ``est`` estimates it (:meth:`MapEstimate.null_ti`); ``tissue`` None: ``target`` as is."""
-    if tissue is None:
-        return target
-    if target.sequence != "ir":
-        raise ValueError("nulling a tissue needs an inversion-recovery target (FLAIR, STIR, --sequence ir)")
-    return replace(target, ti=est.null_ti(tissue, target.tr, target.te))
+    check_null(target, tissue)
+    return target if tissue is None else replace(target, ti=est.null_ti(tissue, target.tr, target.te))
 
 
 @dataclass
@@ -355,8 +363,7 @@ def synthesize(inputs, acquisitions, target: SequenceParams, model=None, device=
     (:func:`nulled`)."""
     if not isinstance(target, SequenceParams):
         target = _as_seq(target)
-    if null is not None and target.sequence != "ir":   # before the estimate's work
-        raise ValueError("nulling a tissue needs an inversion-recovery target (FLAIR, STIR, --sequence ir)")
+    check_null(target, null)   # before the estimate's work
     est = estimate_maps(inputs, acquisitions, model=model, device=device, progress=progress, cancel=cancel,
                         progress_callback=progress_callback)
     target = nulled(target, est, null)

@@ -175,7 +175,8 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
     For every held-out slice, tissue table and quantile ``q`` of the protocol's TE/TR
     ranges, the T1w and T2w images of the same anatomy and tissues. Returns ``{"t1_in", "t2_in", "t1",
     "t2"}``, each (N, size, size) float32 in physical units (PD = 1 for water), plus
-    ``"z"`` (the slice of each pair), ``"q"`` (its quantile), ``"brain"`` (N, size, size)
+    ``"z"`` (the slice of each pair), ``"q"`` (its quantile), ``"table"`` (its tissue
+    table's name), ``"brain"`` (N, size, size)
     bool (CSF + grey + white matter fraction > 0.5) and ``"label"`` (N, size, size) uint8
     (the tissue of largest fraction, :data:`MRISynthLib.physics.tissues.LABEL_NAMES`);
     normalise with the model's convention before use.
@@ -188,7 +189,7 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
     zs = held_out_z(ph) + (1 if slices == "validation" else 0)
     frac = slice_fractions(ph, zs, size)
     rng = np.random.default_rng(seed)
-    out = {k: [] for k in ("t1_in", "t2_in", "t1", "t2", "z", "q", "brain", "label")}
+    out = {k: [] for k in ("t1_in", "t2_in", "t1", "t2", "z", "q", "table", "brain", "label")}
     for z, f in zip(zs, frac):
         brain = f[1:4].sum(0) > 0.5
         label = f.argmax(0).astype(np.uint8)
@@ -200,10 +201,11 @@ def test_pairs(anatomy: str, size: int = 256, seed: int = 1234, tables: Sequence
                     out[c + "_in"].append(add_noise(clean, TEST_SNR, rng))
                 out["z"].append(z)
                 out["q"].append(q)
+                out["table"].append(table)
                 out["brain"].append(brain)
                 out["label"].append(label)
     res = {k: np.stack(out[k]).astype(np.float32) for k in ("t1_in", "t2_in", "t1", "t2")}
-    res["z"], res["q"] = np.asarray(out["z"]), np.asarray(out["q"], np.float64)
+    res["z"], res["q"], res["table"] = np.asarray(out["z"]), np.asarray(out["q"], np.float64), np.asarray(out["table"])
     res["brain"], res["label"] = np.stack(out["brain"]), np.stack(out["label"])
     return res
 
