@@ -9,7 +9,7 @@ from MRISynthLib import catalog
 from MRISynthLib.data import io
 from MRISynthLib.data.download import ChecksumError
 from MRISynthLib.models.paramnet import (ENDAutoencoder, ReparamConfig, ReparamModel, encode_params,
-                                         xavier_init)
+                                         widen_paramnet_state, xavier_init)
 from MRISynthLib.tasks import Cancelled
 from MRISynthLib.tasks.reparam import reparameterize
 
@@ -59,6 +59,34 @@ def test_parameters_reach_the_output(tiny_p2p):
         ReparamConfig("x2y")
     with pytest.raises(ValueError, match="width preset"):
         ReparamConfig("d2p", widths="huge")
+
+
+@pytest.mark.parametrize("mode", ["d2p", "p2p"])
+def test_widening_keeps_the_function_and_trains_the_new_channels(mode):
+    torch.manual_seed(3)
+    old_cfg = ReparamConfig(mode, widths="tiny")
+    old = ReparamModel(old_cfg).eval()
+    xavier_init(old)
+    for prm in old.paramnet.parameters():       # FiLM and biases away from their zero init
+        prm.data += 0.05 * torch.randn_like(prm)
+    new_cfg = ReparamConfig(mode, widths="tiny", decoder_widths=[12, 16, 40, 32, 48, 32, 32, 36])
+    new = ReparamModel(new_cfg).eval()
+    new.autoencoder.load_state_dict(old.autoencoder.state_dict())
+    new.paramnet.load_state_dict(widen_paramnet_state(old.paramnet.state_dict(), old_cfg, new_cfg))
+    assert new.paramnet.head1.conv.weight.shape[0] == 12 and new.paramnet.blocks[2].c2.conv.weight.shape[0] == 48
+    x = torch.rand(3, 1, 256, 256) * 2 - 1
+    p = torch.randn(3, old_cfg.n_params)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x, p), old(x, p), atol=1e-4, rtol=0)   # summation order
+    # the zero weights from new channels into old ones get a gradient: the new channels can enter
+    new.train()
+    ((new(x, p) - x) ** 2).mean().backward()
+    g = new.paramnet.blocks[7].c2.conv.weight.grad
+    assert g[:8, 8:].abs().sum() > 0
+    with pytest.raises(ValueError, match="narrow"):
+        widen_paramnet_state(new.paramnet.state_dict(), new_cfg, old_cfg)
+    with pytest.raises(ValueError, match="encoder"):
+        widen_paramnet_state(old.paramnet.state_dict(), old_cfg, ReparamConfig(mode, widths="cpu"))
 
 
 def test_a_few_training_steps_lower_the_loss(tmp_path):

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from MRISynthLib import catalog  # noqa: E402
 from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset  # noqa: E402
-from MRISynthLib.models.paramnet import ReparamConfig, WIDTHS  # noqa: E402
+from MRISynthLib.models.paramnet import ReparamConfig, WIDTHS, widen_paramnet_state  # noqa: E402
 from MRISynthLib.training.common import run_origin  # noqa: E402
 from MRISynthLib.training.reparam import (ContinuousPairs, PaperData, TrainConfig, autoencoder_pool,  # noqa: E402
                                           paramnet_checkpoint, train_autoencoder, train_paramnet)
@@ -43,6 +43,9 @@ def main():
     ap.add_argument("--data", default="runs/paper.h5", help="paper-protocol HDF5 (made if missing)")
     ap.add_argument("--out", default="runs/reparam")
     ap.add_argument("--widths", default="cpu", choices=sorted(WIDTHS))
+    ap.add_argument("--decoder-widths", default=None, choices=sorted(WIDTHS),
+                    help="Param-Net widths (default: --widths); with --continue-shipped, wider than the shipped "
+                         "model's widens it (same function at the start, see widen_paramnet_state)")
     ap.add_argument("--modes", default="d2p,p2p")
     ap.add_argument("--ae-steps", type=int, default=600)
     ap.add_argument("--steps", type=int, default=3000)
@@ -90,16 +93,23 @@ def main():
     if ae_state is not None:
         print(f"autoencoder ready ({ae_steps} steps, {time.time() - t0:.0f} s)")
     for mode in a.modes.split(","):
-        cfg = ReparamConfig(mode, widths=a.widths)
+        cfg = ReparamConfig(mode, widths=a.widths, decoder_widths=a.decoder_widths)
         mid = f"reparam-{mode}-{a.widths}"
         init, origin = None, None
         if a.continue_shipped:
             source = catalog.get_card(mid)
-            if ReparamConfig(**source.architecture).to_dict() != cfg.to_dict():
-                raise SystemExit(f"the shipped {mid} has another architecture; cannot continue it")
+            shipped = ReparamConfig(**source.architecture)
             sd = catalog.load_state_dict(source)
-            ae_state = {k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith("autoencoder.")}
-            init = {k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith("paramnet.")}
+            ae_state = {k.split(".", 1)[1]: v.float() for k, v in sd.items() if k.startswith("autoencoder.")}
+            init = {k.split(".", 1)[1]: v.float() for k, v in sd.items() if k.startswith("paramnet.")}
+            if a.decoder_widths is None:
+                cfg = shipped
+            elif shipped.to_dict() != cfg.to_dict():
+                try:
+                    init = widen_paramnet_state(init, shipped, cfg, seed=a.seed)
+                except ValueError as e:
+                    raise SystemExit(f"cannot continue the shipped {mid} at these widths: {e}")
+                print(f"{mode}: widened the shipped Param-Net from {shipped.decoder_widths} to {cfg.decoder_widths}")
             ae_steps = source.training.get("ae_steps")
             origin = run_origin(paramnet_checkpoint(out, mode), source)
         t1 = time.time()
@@ -114,7 +124,9 @@ def main():
             card = catalog.ship(
                 mid, "reparam", cfg.to_dict(), model.state_dict(), citation=CITATION,
                 description=("Default-to-Param: input at TE 50 ms / TR 4.5 s" if mode == "d2p"
-                             else "Param-to-Param: input at any TE/TR") + f", {a.widths} widths",
+                             else "Param-to-Param: input at any TE/TR") + f", {a.widths} widths"
+                            + ("" if cfg.decoder_widths == cfg.widths
+                               else f", Param-Net widths {'-'.join(map(str, cfg.decoder_widths))}"),
                 training={"data": "paper protocol on BrainWeb (MRiLab table, 2 mm grid -> 256x256, 8-bit), "
                                   f"{len(data.te)} (TE,TR) pairs x {len(data.slice_z)} slices; "
                                   + (f"{len(data.train_slices)} train slices rendered on the fly at continuous "

@@ -65,6 +65,12 @@ class ReparamConfig:
             raise ValueError(f"widths must list {N_LEVELS} channel counts")
         if self.decoder_widths is None:
             self.decoder_widths = list(self.widths)
+        if isinstance(self.decoder_widths, str):
+            if self.decoder_widths not in WIDTHS:
+                raise ValueError(f"unknown width preset {self.decoder_widths!r}; choose from {sorted(WIDTHS)}")
+            self.decoder_widths = list(WIDTHS[self.decoder_widths])
+        if len(self.decoder_widths) != N_LEVELS:
+            raise ValueError(f"decoder_widths must list {N_LEVELS} channel counts")
 
     @property
     def n_params(self) -> int:
@@ -235,3 +241,70 @@ def xavier_init(module: nn.Module):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def _embed(new: torch.Tensor, old: torch.Tensor, in_idx: Sequence[int], transposed: bool = False):
+    """Copy ``old`` (out, in, ...) into the first outputs of ``new`` at input positions
+    ``in_idx``, zeroing those outputs' weights from every other (new) input."""
+    if transposed:           # ConvTranspose2d weights are (in, out, k, k)
+        new, old = new.transpose(0, 1), old.transpose(0, 1)
+    o = old.shape[0]
+    new[:o] = 0
+    new[:o, list(in_idx)] = old
+
+
+def widen_paramnet_state(old_state: dict, old_cfg: ReparamConfig, new_cfg: ReparamConfig,
+                         seed: int = 0) -> dict:
+    """Param-Net weights for wider ``new_cfg.decoder_widths`` computing the same function.
+
+    Net2Net-style widening (Chen et al. 2016) with zero outgoing weights: every old channel
+    keeps its weights, the new channels get fresh Xavier weights from the old and new
+    channels below them, and the weights from new channels into old ones start at zero,
+    so the widened network's output equals the old one's and the new channels enter
+    through training (the gradient of a zero weight is not zero). The encoder (frozen,
+    ``widths``) and the mode must be the same; the decoder widths may only grow.
+    """
+    if old_cfg.mode != new_cfg.mode or list(old_cfg.widths) != list(new_cfg.widths):
+        raise ValueError("widening keeps the mode and the encoder widths")
+    if any(n < o for n, o in zip(new_cfg.decoder_widths, old_cfg.decoder_widths)):
+        raise ValueError("widening cannot narrow a level")
+    torch.manual_seed(seed)
+    net = ParamNet(new_cfg)
+    xavier_init(net)
+    new = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    n_p = old_cfg.n_params
+    old_blocks = ParamNet(old_cfg).blocks
+
+    def conv(prefix, in_idx, transposed=False):
+        _embed(new[prefix + ".weight"], old_state[prefix + ".weight"], in_idx, transposed)
+        if prefix + ".bias" in old_state:
+            b = new[prefix + ".bias"]
+            b.zero_()
+            b[:len(old_state[prefix + ".bias"])] = old_state[prefix + ".bias"]
+
+    def norm(prefix, c_old, c_new):
+        w, b = new[prefix + ".film.weight"], new[prefix + ".film.bias"]
+        w.zero_()
+        b.zero_()
+        ow, ob = old_state[prefix + ".film.weight"], old_state[prefix + ".film.bias"]
+        w[:c_old], w[c_new:c_new + c_old] = ow[:c_old], ow[c_old:]
+        b[:c_old], b[c_new:c_new + c_old] = ob[:c_old], ob[c_old:]
+
+    c_in_old = c_in_new = new_cfg.widths[-1] + n_p
+    for i, (ob, nb) in enumerate(zip(old_blocks, net.blocks)):
+        co, cn = ob.c2.conv.out_channels, nb.c2.conv.out_channels
+        skip = ob.fuse.conv.in_channels - co
+        pre = f"blocks.{i}."
+        conv(pre + "up.conv", range(c_in_old), transposed=True)
+        norm(pre + "up.norm", co, cn)
+        conv(pre + "fuse.conv", [*range(co), *range(cn, cn + skip)])
+        norm(pre + "fuse.norm", co, cn)
+        conv(pre + "c1.conv", [*range(co), *range(cn, cn + n_p)])
+        norm(pre + "c1.norm", co, cn)
+        conv(pre + "c2.conv", range(co))
+        norm(pre + "c2.norm", co, cn)
+        c_in_old, c_in_new = co, cn
+    conv("head1.conv", range(c_in_old))
+    norm("head1.norm", c_in_old, c_in_new)
+    conv("head2", range(c_in_old))
+    return new
