@@ -192,6 +192,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running = False
         self._cancelRequested = False
         self._job = None
+        self._showingTI = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -273,6 +274,8 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = True
             return
         self.ui.applyButton.text = "Apply"
+        # with 'TI nulls' set the TI comes from the estimate; the slider then shows the TI used
+        self.ui.synthTISlider.enabled = p is None or p.synthNull == "none"
         problem = MRISynthLogic.validateSettings(p)
         self.ui.applyButton.enabled = problem is None
         self.ui.applyButton.toolTip = problem or APPLY_TIPS.get(p.task, "")
@@ -302,11 +305,22 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSynthTargetChanged(self, value=None):
         p = self._parameterNode
-        if not (p and p.liveRender and p.task == TASK_SYNTH and p.outputVolume and not self._running):
+        if self._showingTI or not (p and p.liveRender and p.task == TASK_SYNTH and p.outputVolume
+                                   and not self._running):
             return
         if MRISynthLogic.validateSettings(p) is None:  # maps are cached: this only re-renders
             with slicer.util.tryWithErrorDisplay("Re-render failed.", waitCursor=True):
                 self.logic.synthesizeFromParameters(p, withMaps=False)
+
+    def _showNulledTI(self, out):
+        # the TI slider shows the TI that 'TI nulls' chose (without re-rendering for it)
+        ti = MRISynthLogic.nulledTI(self._parameterNode, out)
+        if ti is not None:
+            self._showingTI = True
+            try:
+                self._parameterNode.synthTI = ti
+            finally:
+                self._showingTI = False
 
     def onModelsFolder(self):
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(MRISynthLogic.modelsFolder()))
@@ -344,6 +358,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 cancel = lambda: self._cancelRequested  # noqa: E731
                 if p.task == TASK_SYNTH:
                     out = self.logic.synthesizeFromParameters(p, cancel=cancel, progress=progress)
+                    self._showNulledTI(out)
                 elif p.task == TASK_CINE:
                     seq = self.logic.reconstructCine(p.inputSequence, method=p.cineMethod, accel=p.cineAccel,
                                                      device=p.device, outputSequence=p.outputSequence,
@@ -394,6 +409,7 @@ class MRISynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 if isinstance(out, tuple):  # synthesis: (output, maps)
                     out = out[0]
+                    self._showNulledTI(out)
                 if out.IsA("vtkMRMLSequenceNode"):
                     p.outputSequence = out
                 else:
@@ -540,6 +556,13 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
     def acquisitionFromNode(node):
         from MRISynthLib.mrml import acquisition_from_node
         return acquisition_from_node(node)
+
+    @staticmethod
+    def nulledTI(p, node):
+        """The TI that a synthesis nulling a tissue used (recorded on its output node), else None."""
+        if node is None or MRISynthLogic.nullFromParameters(p) is None:
+            return None
+        return MRISynthLogic.acquisitionFromNode(node).get("ti")
 
     @staticmethod
     def validateSettings(p):

@@ -182,6 +182,9 @@ def test_synthesis_from_two_scans_with_the_panel_settings(module):
     ti = [mrml.acquisition_from_node(n)["ti"] for n in (out, direct)]
     assert ti[0] == pytest.approx(ti[1], rel=1e-6) and abs(ti[0] - 2.5) > 1e-3
     assert f"TI{ti[0] * 1e3:.0f}" in direct.GetName() and out.GetName().startswith(direct.GetName())
+    # ... which the panel's TI slider then shows; without nulling the slider's TI stands
+    assert mod.MRISynthLogic.nulledTI(p, direct) == pytest.approx(ti[1])
+    assert mod.MRISynthLogic.nulledTI(types.SimpleNamespace(**{**vars(p), "synthNull": "none"}), direct) is None
     for n, arr in zip((node, second), before):
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(n), arr)
     assert not run.workdir.exists()
