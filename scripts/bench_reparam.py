@@ -20,6 +20,11 @@ beside the paper's Table 1 and the targets; then both models on the same held-ou
 but 5 training slices (how much of the error is unseen anatomy) and on the held-out slices at
 40 training pairs (how much is unseen parameters, or easier pairs); then CPU (and CUDA, when present) speed per
 256x256 slice and per 256x256x180 volume (both ways), and writes an example figure.
+
+``--validation`` prints only the shipped models' PSNR on validation data instead: both
+neighbours of each held-out slice (no network trained on them) at 20 of the file's
+training pairs, D2P from the default image and P2P from the same slice at another of the
+20 pairs - the data on which training choices (such as the Param-Net's width) are made.
 """
 import argparse
 import json
@@ -90,6 +95,40 @@ def test_split(d: PaperData, seed: int = 0, slices=None, pairs=None):
     return bb, ss, d.targets[bb, ss].astype(np.float64), np.array([partner[b] for b in bb])
 
 
+def validation_cases(d: PaperData, mode: str, n_pairs: int = 20, seed: int = 5):
+    """The validation images (see the module doc): inputs, their (TE, TR) (P2P), targets' pairs, targets."""
+    from bench_synth import DEFAULT, render_truth
+    from MRISynthLib.training.quantitative import slice_fractions
+
+    vp = np.random.default_rng(seed).choice(d.train_pairs, n_pairs, replace=False)
+    zs = np.concatenate([d.slice_z[d.test_slices] + 1, d.slice_z[d.test_slices] - 1])
+    seqs = [SequenceParams("se", float(t), float(r)) for t, r in zip(d.te[vp], d.tr[vp])]
+    rng = np.random.default_rng(7)
+    x, in_te, in_tr, pairs, gts = [], [], [], [], []
+    for f in slice_fractions(brainweb_phantom(voxel_mm=2.0), zs, 256):
+        imgs = [normalize_8bit(render_truth(f, "mrilab", sq))[0] for sq in seqs]
+        default = normalize_8bit(render_truth(f, "mrilab", DEFAULT))[0]
+        for j in range(n_pairs):
+            k = j if mode == "d2p" else int(rng.choice(np.delete(np.arange(n_pairs), j)))
+            x.append(default if mode == "d2p" else imgs[k])
+            in_te.append(d.te[vp[k]])
+            in_tr.append(d.tr[vp[k]])
+            pairs.append(vp[j])
+            gts.append(imgs[j])
+    return np.stack(x), np.array(in_te), np.array(in_tr), np.array(pairs), np.stack(gts).astype(np.float64)
+
+
+def validate(d: PaperData):
+    print("Validation: both neighbours of each held-out slice x 20 training pairs (flip-averaged)")
+    for mode in ("d2p", "p2p"):
+        net, card = load_model(mode, "cpu")
+        x, in_te, in_tr, pairs, gts = validation_cases(d, mode)
+        pr = predict(net, mode, x, d.te[pairs], d.tr[pairs], *((in_te, in_tr) if mode == "p2p" else ()))
+        r = stats(pr, gts)
+        print(f"  {card.id} (Param-Net widths {'-'.join(map(str, card.architecture['decoder_widths']))}): "
+              f"{r['psnr_mean']:.2f} +/- {r['psnr_std']:.2f} dB, MAE {r['mae_mean']:.2f} ({r['n']} images)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="runs/paper.h5")
@@ -97,9 +136,12 @@ def main():
     ap.add_argument("--figure", default="docs/reparam_examples.png")
     ap.add_argument("--update-catalog", action="store_true")
     ap.add_argument("--volume-slices", type=int, default=180)
+    ap.add_argument("--validation", action="store_true", help="only the validation scores (see above)")
     a = ap.parse_args()
     torch.manual_seed(0)
     d = load_test_data(a.data)
+    if a.validation:
+        return validate(d)
     import h5py
     with h5py.File(a.data, "r") as f:
         cfg = json.loads(f.attrs["config"])
