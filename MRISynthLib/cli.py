@@ -645,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--assist", action="store_true",
                    help="one spin-echo input: also fit the spin echoes the re-parameterization Param-Net predicts "
                         "from it (Default-to-Param for a TE 50 ms / TR 4.5 s input, else Param-to-Param): far "
-                        "better renders from one scan, about 16 times slower")
+                        "better renders from one scan, about 20 times slower")
     s.add_argument("--null", choices=["csf", "fat"], default=None,
                    help="inversion-recovery target: set TI to null this tissue as the estimate gives its T1 "
                         "(FLAIR: csf, STIR: fat), instead of --ti or the preset's TI")
