@@ -95,7 +95,7 @@ def main():
     for mode in a.modes.split(","):
         cfg = ReparamConfig(mode, widths=a.widths, decoder_widths=a.decoder_widths)
         mid = f"reparam-{mode}-{a.widths}"
-        init, origin = None, None
+        init, origin, widened = None, None, None
         if a.continue_shipped:
             source = catalog.get_card(mid)
             shipped = ReparamConfig(**source.architecture)
@@ -110,6 +110,7 @@ def main():
                 except ValueError as e:
                     raise SystemExit(f"cannot continue the shipped {mid} at these widths: {e}")
                 print(f"{mode}: widened the shipped Param-Net from {shipped.decoder_widths} to {cfg.decoder_widths}")
+                widened = shipped.decoder_widths
             ae_steps = source.training.get("ae_steps")
             origin = run_origin(paramnet_checkpoint(out, mode), source)
         t1 = time.time()
@@ -145,7 +146,8 @@ def main():
                                                                   "(0.9-1.1) and shift (+/-5 %)" if a.affine else ""),
                           "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu",
                           **({"precision": "bf16 autocast (weights fp32)"} if a.precision == "bf16" else {}),
-                          **({"continued_from": origin} if origin else {})})
+                          **({"continued_from": origin} if origin else {}),
+                          **({"widened_from_decoder_widths": widened} if widened else {})})
             print(f"shipped {card.weights} sha256={card.sha256}")
 
 
