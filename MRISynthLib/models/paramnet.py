@@ -48,6 +48,17 @@ WIDTHS = {
 }
 
 
+def _level_widths(widths, name: str) -> List[int]:
+    """A preset name or a list of one channel count per level -> the list (validated)."""
+    if isinstance(widths, str):
+        if widths not in WIDTHS:
+            raise ValueError(f"unknown width preset {widths!r}; choose from {sorted(WIDTHS)}")
+        widths = WIDTHS[widths]
+    if len(widths) != N_LEVELS:
+        raise ValueError(f"{name} must list {N_LEVELS} channel counts")
+    return list(widths)
+
+
 @dataclass
 class ReparamConfig:
     mode: str = "d2p"               # "d2p" (Default-to-Param) or "p2p" (Param-to-Param)
@@ -57,20 +68,9 @@ class ReparamConfig:
     def __post_init__(self):
         if self.mode not in ("d2p", "p2p"):
             raise ValueError("mode must be 'd2p' or 'p2p'")
-        if isinstance(self.widths, str):
-            if self.widths not in WIDTHS:
-                raise ValueError(f"unknown width preset {self.widths!r}; choose from {sorted(WIDTHS)}")
-            self.widths = list(WIDTHS[self.widths])
-        if len(self.widths) != N_LEVELS:
-            raise ValueError(f"widths must list {N_LEVELS} channel counts")
-        if self.decoder_widths is None:
-            self.decoder_widths = list(self.widths)
-        if isinstance(self.decoder_widths, str):
-            if self.decoder_widths not in WIDTHS:
-                raise ValueError(f"unknown width preset {self.decoder_widths!r}; choose from {sorted(WIDTHS)}")
-            self.decoder_widths = list(WIDTHS[self.decoder_widths])
-        if len(self.decoder_widths) != N_LEVELS:
-            raise ValueError(f"decoder_widths must list {N_LEVELS} channel counts")
+        self.widths = _level_widths(self.widths, "widths")
+        self.decoder_widths = _level_widths(self.widths if self.decoder_widths is None else self.decoder_widths,
+                                            "decoder_widths")
 
     @property
     def n_params(self) -> int:

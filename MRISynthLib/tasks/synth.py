@@ -51,13 +51,19 @@ def load_model(model: Optional[str] = None, device=None) -> Tuple[QuantNet, Mode
 NULL_COMPARTMENTS = {"csf": 0, "fat": 3}   # compartment k holds BrainWeb label k + 1
 
 
+def _null_compartment(tissue: str) -> int:
+    """The estimate's compartment of a nullable tissue (ValueError for any other name)."""
+    if tissue not in NULL_COMPARTMENTS:
+        raise ValueError(f"tissue must be one of {sorted(NULL_COMPARTMENTS)}, got {tissue!r}")
+    return NULL_COMPARTMENTS[tissue]
+
+
 def check_null(target: SequenceParams, tissue: Optional[str]) -> None:
     """ValueError unless ``tissue`` is None or a nullable tissue and ``target`` an inversion
     recovery (call it before the estimate's work)."""
     if tissue is None:
         return
-    if tissue not in NULL_COMPARTMENTS:
-        raise ValueError(f"tissue must be one of {sorted(NULL_COMPARTMENTS)}, got {tissue!r}")
+    _null_compartment(tissue)
     if target.sequence != "ir":
         raise ValueError("nulling a tissue needs an inversion-recovery target (FLAIR, STIR, --sequence ir)")
 
@@ -97,9 +103,7 @@ class MapEstimate:
         technologist sets for FLAIR or STIR. A TI computed from a textbook T1 instead leaves the
         tissue grey wherever the estimate differs (CSF T1 is poorly determined by T1w/T2w
         inputs with short TR)."""
-        if tissue not in NULL_COMPARTMENTS:
-            raise ValueError(f"tissue must be one of {sorted(NULL_COMPARTMENTS)}, got {tissue!r}")
-        ti = float(ti_null(float(self.t1[NULL_COMPARTMENTS[tissue]]), tr, te))
+        ti = float(ti_null(float(self.t1[_null_compartment(tissue)]), tr, te))
         if not 0.0 < ti < tr - te:
             raise ValueError(f"no inversion time in (0, TR - TE) nulls the estimated {tissue} at TR {tr:g} s")
         return ti
