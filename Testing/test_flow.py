@@ -84,6 +84,24 @@ def test_training_lowers_bits_per_dim_and_resumes(tmp_path):
     assert len((tmp_path / "flow_loss.csv").read_text().splitlines()) == 45
 
 
+def test_affine_copies_transform_about_the_centre():
+    from MRISynthLib.training.flow import affine_copies
+
+    yy, xx = np.mgrid[:40, :32]
+    img = (((yy - 19.5) / 12) ** 2 + ((xx - 15.5) / 8) ** 2 < 1).astype(np.float32)  # centred ellipse
+    rng = np.random.default_rng(0)
+    same = affine_copies(img[None], 2, rng, rotate=0.0, scale=0.0, shift=0.0)
+    assert same.shape == (2, 40, 32) and np.allclose(same, img, atol=1e-5)
+    shifted = affine_copies(img[None], 1, np.random.default_rng(1), rotate=0.0, scale=0.0, shift=0.1)[0]
+    com = lambda a: np.array([(a * yy).sum(), (a * xx).sum()]) / a.sum()  # noqa: E731
+    assert 0.5 < np.abs(com(shifted) - com(img)).max() <= 0.1 * 40 + 0.5  # moved, within the shift range
+    copies = affine_copies(img[None], 6, np.random.default_rng(2), rotate=30.0, scale=0.2, shift=0.0)
+    areas = copies.sum((1, 2)) / img.sum()
+    assert np.all(areas > 0.8 ** 2 - 0.05) and np.all(areas < 1.2 ** 2 + 0.05)  # zoom within its range
+    assert all(np.abs(c - img).sum() > 5 for c in copies)  # each copy differs
+    assert np.allclose(np.array([com(c) for c in copies]), com(img), atol=0.3)  # about the centre
+
+
 def _problem(n=2, size=(16, 16), accel=2.0):
     from MRISynthLib.physics.masks import make_mask
     from MRISynthLib.physics.sense import birdcage_maps, sense_forward

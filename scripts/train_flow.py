@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--bins", type=int, default=8)
     ap.add_argument("--brainweb", type=int, default=100, help="BrainWeb training slices")
+    ap.add_argument("--augment", type=int, default=0,
+                    help="random affine copies (rotation, zoom, shift) of each SIAT training slice")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -41,7 +43,7 @@ def main():
     ap.add_argument("--samples", default=None, help="PNG montage of prior samples (default docs/flow_samples_<b>bit.png "
                                                     "with --export)")
     a = ap.parse_args()
-    train, val = flow_training_images(a.bits, a.brainweb, FLOW_SIZE, a.seed)
+    train, val = flow_training_images(a.bits, a.brainweb, FLOW_SIZE, a.seed, a.augment)
     print(f"{len(train)} training and {len(val)} validation images of {FLOW_SIZE}, {a.bits}-bit")
     cfg = FlowConfig(levels=a.levels, steps=a.flow_steps, width=a.width, bins=a.bins)
     out = Path(a.out) / f"{a.bits}bit"
@@ -64,9 +66,10 @@ def main():
             a.export, "recon-flow", cfg.to_dict(), flow.state_dict(),
             citation="Neural spline flows (Durkan et al. 2019) in a multi-scale Glow layout (Kingma & Dhariwal 2018); "
                      "flow-prior reconstruction as in seed 004; SIAT complex head slices and BrainWeb",
-            training={"data": f"SIAT slices 0-149 magnitude + {a.brainweb} BrainWeb spin-echo slices, "
+            training={"data": f"SIAT slices 0-149 magnitude" + (f" (+ {a.augment} random affine copies each)" if a.augment else "")
+                              + f" + {a.brainweb} BrainWeb spin-echo slices, "
                               f"{FLOW_SIZE[0]}x{FLOW_SIZE[1]}, {a.bits}-bit", "bits": a.bits, "size": list(FLOW_SIZE),
-                      "steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed, "device": "cpu",
+                      "steps": a.steps, "batch": a.batch, "augment": a.augment, "lr": a.lr, "seed": a.seed, "device": "cpu",
                       "val_bits_per_dim": round(bpd, 4)},
             description=f"Normalizing-flow image prior ({cfg.levels} levels x {cfg.steps} RQS coupling steps, "
                         f"{cfg.bins} bins) for {a.bits}-bit {FLOW_SIZE[0]}x{FLOW_SIZE[1]} magnitudes")

@@ -45,6 +45,28 @@ def siat_magnitudes(indices, bits: Optional[int], size=FLOW_SIZE) -> np.ndarray:
     return quantise(resize_magnitude(load_siat(indices), size), bits)
 
 
+def affine_copies(images: np.ndarray, copies: int, rng: np.random.Generator, rotate: float = 10.0,
+                  scale: float = 0.1, shift: float = 0.06) -> np.ndarray:
+    """``copies`` randomly transformed versions of each magnitude image (N, H, W) at its own
+    resolution: rotation U(-rotate, rotate) degrees, isotropic zoom U(1 - scale, 1 + scale)
+    and a shift U(-shift, shift) of the image size per axis about the centre (bilinear,
+    zeros outside). Returns (N * copies, H, W)."""
+    from scipy.ndimage import affine_transform
+
+    mags = np.abs(np.asarray(images)).astype(np.float32)
+    h, w = mags.shape[-2:]
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    out = []
+    for img in mags:
+        for _ in range(copies):
+            a = np.deg2rad(rng.uniform(-rotate, rotate))
+            z = rng.uniform(1 - scale, 1 + scale)
+            m = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / z  # output -> input coordinates
+            t = centre + rng.uniform(-shift, shift, 2) * np.array([h, w])
+            out.append(affine_transform(img, m, offset=centre - m @ t, order=1, mode="constant", cval=0.0))
+    return np.stack(out).astype(np.float32) if out else np.zeros((0, h, w), np.float32)
+
+
 def brainweb_magnitudes(n: int, bits: Optional[int], size=FLOW_SIZE, seed: int = 0) -> np.ndarray:
     """``n`` BrainWeb slices at random spin-echo contrasts (as the cine simulator draws them)."""
     from ..data.cine import anatomy_images
@@ -53,12 +75,17 @@ def brainweb_magnitudes(n: int, bits: Optional[int], size=FLOW_SIZE, seed: int =
     return quantise(resize_magnitude(np.stack(imgs), size), bits)
 
 
-def flow_training_images(bits: int, n_brainweb: int = 100, size=FLOW_SIZE, seed: int = 0):
-    """(train, val) image arrays (N, H, W) in [0, 1]."""
-    from ..data.recon_data import MulticoilConfig, siat_split
+def flow_training_images(bits: int, n_brainweb: int = 100, size=FLOW_SIZE, seed: int = 0, augment: int = 0):
+    """(train, val) image arrays (N, H, W) in [0, 1]; ``augment`` random affine copies
+    (:func:`affine_copies`, at the slices' full resolution) of each SIAT training slice are
+    added to the training set."""
+    from ..data.recon_data import MulticoilConfig, load_siat, siat_split
 
     tr, va, _ = siat_split(MulticoilConfig())
     train = siat_magnitudes(tr, bits, size)
+    if augment:
+        extra = affine_copies(load_siat(tr), augment, np.random.default_rng([seed, 7]))
+        train = np.concatenate([train, quantise(resize_magnitude(extra, size), bits)])
     if n_brainweb:
         train = np.concatenate([train, brainweb_magnitudes(n_brainweb, bits, size, seed)])
     return train, siat_magnitudes(va, bits, size)
