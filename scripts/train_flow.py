@@ -66,7 +66,8 @@ def main():
             a.export, "recon-flow", cfg.to_dict(), flow.state_dict(),
             citation="Neural spline flows (Durkan et al. 2019) in a multi-scale Glow layout (Kingma & Dhariwal 2018); "
                      "flow-prior reconstruction as in seed 004; SIAT complex head slices and BrainWeb",
-            training={"data": f"SIAT slices 0-149 magnitude" + (f" (+ {a.augment} random affine copies each)" if a.augment else "")
+            training={"data": "SIAT slices 0-149 magnitude"
+                              + (f" (+ {a.augment} random affine copies each)" if a.augment else "")
                               + f" + {a.brainweb} BrainWeb spin-echo slices, "
                               f"{FLOW_SIZE[0]}x{FLOW_SIZE[1]}, {a.bits}-bit", "bits": a.bits, "size": list(FLOW_SIZE),
                       "steps": a.steps, "batch": a.batch, "augment": a.augment, "lr": a.lr, "seed": a.seed, "device": "cpu",
