@@ -2,10 +2,10 @@
 """Train the neural-spline-flow image prior on 80 x 64 magnitudes quantised to --bits bits.
 
     python scripts/train_flow.py --bits 4 --steps 1500
-    python scripts/train_flow.py --bits 8 --steps 1500 --export flow-nsf-80x64-8bit-cpu
+    python scripts/train_flow.py --bits 8 --augment 6 --brainweb 300 --steps 3500 --export flow-nsf-80x64-8bit-cpu
 
-Training images: SIAT slices 0-149 (magnitude) and --brainweb BrainWeb slices at random
-spin-echo contrasts; validation: SIAT 150-159 (bits/dim printed every 100 steps). The
+Training images: SIAT slices 0-149 (magnitude), --augment random affine copies of each, and
+--brainweb BrainWeb slices at random spin-echo contrasts; validation: SIAT 150-159 (bits/dim printed every 100 steps). The
 test slices 160-199 are never touched. Checkpoints and the loss log go to
 --out/<bits>bit; re-running resumes. ``--export MODEL_ID`` ships the weights (fp16
 safetensors + catalog card) and a montage of prior samples under docs/.
@@ -70,7 +70,8 @@ def main():
                               + (f" (+ {a.augment} random affine copies each)" if a.augment else "")
                               + f" + {a.brainweb} BrainWeb spin-echo slices, "
                               f"{FLOW_SIZE[0]}x{FLOW_SIZE[1]}, {a.bits}-bit", "bits": a.bits, "size": list(FLOW_SIZE),
-                      "steps": a.steps, "batch": a.batch, "augment": a.augment, "lr": a.lr, "seed": a.seed, "device": "cpu",
+                      "steps": a.steps, "batch": a.batch, "augment": a.augment, "lr": a.lr, "seed": a.seed,
+                      "device": "cpu",
                       "val_bits_per_dim": round(bpd, 4)},
             description=f"Normalizing-flow image prior ({cfg.levels} levels x {cfg.steps} RQS coupling steps, "
                         f"{cfg.bins} bins) for {a.bits}-bit {FLOW_SIZE[0]}x{FLOW_SIZE[1]} magnitudes")

@@ -4,8 +4,10 @@ Images: magnitudes of the SIAT complex head slices (train 0-149, validation 150-
 test slices 160-199 never touched, the same split as the other reconstruction models)
 and BrainWeb slices rendered at random spin-echo contrasts, area-resized to 80 x 64
 (the seed's knee size; SIAT's square slices become anisotropic pixels), scaled to max 1
-and quantised to 2^bits grey levels. Training dequantizes with uniform noise,
-x = (k + u) / 2^bits, and reports the negative log-likelihood in bits per dimension.
+and quantised to 2^bits grey levels; optionally random affine copies of the SIAT training
+slices (:func:`affine_copies`) against over-fitting their 150 images. Training dequantizes
+with uniform noise, x = (k + u) / 2^bits, and reports the negative log-likelihood in bits per
+dimension.
 """
 from __future__ import annotations
 
