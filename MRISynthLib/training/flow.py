@@ -84,9 +84,10 @@ def flow_training_images(bits: int, n_brainweb: int = 100, size=FLOW_SIZE, seed:
     from ..data.recon_data import MulticoilConfig, load_siat, siat_split
 
     tr, va, _ = siat_split(MulticoilConfig())
-    train = siat_magnitudes(tr, bits, size)
+    siat = load_siat(tr)
+    train = quantise(resize_magnitude(siat, size), bits)
     if augment:
-        extra = affine_copies(load_siat(tr), augment, np.random.default_rng([seed, 7]))
+        extra = affine_copies(siat, augment, np.random.default_rng([seed, 7]))
         train = np.concatenate([train, quantise(resize_magnitude(extra, size), bits)])
     if n_brainweb:
         train = np.concatenate([train, brainweb_magnitudes(n_brainweb, bits, size, seed)])
