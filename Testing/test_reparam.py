@@ -118,6 +118,48 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
         torch.testing.assert_close(cont.paramnet.state_dict()[k], v)
 
 
+def test_log_mse_loss_is_minus_the_mean_per_image_psnr_and_trains(tmp_path):
+    from test_simulate_cli import toy_phantom
+
+    from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset
+    from MRISynthLib.metrics import psnr
+    from MRISynthLib.training.reparam import PaperData, TrainConfig, paramnet_loss, train_paramnet
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(3, 1, 16, 16, generator=g) * 2 - 1
+    # one image nearly right, two far off: MSE follows the bad ones, log-MSE the mean PSNR
+    out = y + torch.tensor([0.01, 0.3, 0.5]).view(3, 1, 1, 1) * torch.randn(3, 1, 16, 16, generator=g)
+    per_psnr = [psnr((o[0].numpy() + 1) * 127.5, (t[0].numpy() + 1) * 127.5) for o, t in zip(out, y)]
+    mse, mean_psnr = paramnet_loss(out, y, "mse")
+    log_mse, mean_psnr2 = paramnet_loss(out, y, "log-mse")
+    assert mean_psnr == pytest.approx(np.mean(per_psnr), abs=1e-3) and mean_psnr2 == mean_psnr
+    torch.testing.assert_close(mse, ((out - y) ** 2).mean())
+    # in dB: 10 / ln 10 x the mean log MSE = 10 log10(4) - the mean per-image PSNR
+    assert float(log_mse) * 10 / np.log(10) == pytest.approx(10 * np.log10(4.0) - mean_psnr, abs=1e-3)
+    # the nearly right image's share of the gradient: about 1 % under MSE, most of it under
+    # log-MSE (each image's gradient divided by its own MSE)
+    for kind, share in (("mse", (0.0, 0.02)), ("log-mse", (0.9, 1.0))):
+        o = out.clone().requires_grad_(True)
+        paramnet_loss(o, y, kind)[0].backward()
+        gn = o.grad.flatten(1).norm(dim=1)
+        assert share[0] <= float(gn[0] / gn.sum()) <= share[1]
+    with pytest.raises(ValueError, match="log-mse"):
+        paramnet_loss(out, y, "l1")
+    p = make_paper_dataset(tmp_path / "d.h5", ProtocolConfig(n_pairs=12, n_slices=6, size=64, seed=1),
+                           progress=False, phantom=toy_phantom())
+    cfg = ReparamConfig("d2p", widths="tiny")
+    ae = ReparamModel(cfg).autoencoder.state_dict()
+    with pytest.raises(ValueError, match="log-mse"):
+        train_paramnet(cfg, PaperData(p), ae, tmp_path / "bad", TrainConfig(steps=1, loss="l1"), progress=False)
+    torch.manual_seed(0)
+    train_paramnet(cfg, PaperData(p), ae, tmp_path / "run", TrainConfig(steps=40, batch=4, lr=2e-3,
+                                                                        low_res_fraction=0, loss="log-mse"),
+                   progress=False)
+    rows = [r.split(",") for r in (tmp_path / "run/paramnet_d2p_loss.csv").read_text().splitlines()]
+    batch_psnr = np.array([float(r[2]) for r in rows])
+    assert batch_psnr[-10:].mean() > batch_psnr[:5].mean() + 3
+
+
 def test_continuous_pairs_render_like_the_file_and_keep_away_from_the_test_pairs(tmp_path):
     from test_simulate_cli import toy_phantom
 
@@ -153,6 +195,29 @@ def test_continuous_pairs_render_like_the_file_and_keep_away_from_the_test_pairs
                            progress=False, phantom=toy_phantom())
     with pytest.raises(ValueError, match="noise-free"):
         ContinuousPairs(PaperData(q), q, phantom=toy_phantom())
+    # oversampling the training slices that contain a tissue (here glial matter, label 8,
+    # put into the upper half of the toy's slices)
+    from MRISynthLib.physics.phantoms import Phantom
+    from MRISynthLib.physics.tissues import get_table
+
+    toy = toy_phantom()
+    labels = toy.fractions.argmax(0).astype(np.uint8)
+    labels[6:, 9:11, 7:9] = 8
+    ph = Phantom.from_labels(labels, spacing=(2.0, 2.0, 2.0), table=get_table("mrilab"))
+    has = np.isin(data.slice_z[data.train_slices], np.arange(6, 12))
+    assert has.any() and not has.all()
+    o = ContinuousPairs(data, p, phantom=ph, oversample=(8, 4), min_voxels=1)
+    np.testing.assert_allclose(o.slice_p[has] / o.slice_p[~has].max(), 4.0)
+    drawn = o.draw_slices(np.random.default_rng(0), 20000)
+    expected = 4 * has.sum() / (4 * has.sum() + (~has).sum())
+    assert abs(has[drawn].mean() - expected) < 0.02
+    assert o.batch("d2p", np.random.default_rng(0), 3)[0].shape == (3, 1, 64, 64)
+    assert c.slice_p is None and abs(has[c.draw_slices(np.random.default_rng(0), 20000)].mean() - has.mean()) < 0.02
+    for bad in ((8, 0.5), (12, 2)):
+        with pytest.raises(ValueError, match="factor"):
+            ContinuousPairs(data, p, phantom=ph, oversample=bad)
+    with pytest.raises(ValueError, match="no training slice"):
+        ContinuousPairs(data, p, phantom=toy, oversample=(8, 2))
 
 
 def test_flip_average_is_mirror_equivariant(tiny_p2p):

@@ -66,13 +66,22 @@ def main():
     ap.add_argument("--continuous-pairs", action="store_true",
                     help="train on fresh continuous (TE, TR) values rendered on the fly (away from the held-out "
                          "pairs) instead of the file's training pairs")
+    ap.add_argument("--oversample", default=None, metavar="LABEL:FACTOR",
+                    help="with --continuous-pairs: draw the training slices that contain this tissue label "
+                         "FACTOR times as often (e.g. 8:3 for glial matter)")
+    ap.add_argument("--loss", default="mse", choices=("mse", "log-mse"),
+                    help="Param-Net loss: the paper's MSE, or each image's log MSE averaged over the batch "
+                         "(the benchmark's mean per-image PSNR; see paramnet_loss)")
     ap.add_argument("--ship", action="store_true", help="export weights + catalog entries into the package")
     a = ap.parse_args()
 
     if not Path(a.data).exists():
         make_paper_dataset(a.data, ProtocolConfig(seed=0, extra_train_slices=a.extra_slices))
     data = PaperData(a.data)
-    train_data = ContinuousPairs(data, a.data) if a.continuous_pairs else data
+    if a.oversample and not a.continuous_pairs:
+        raise SystemExit("--oversample needs --continuous-pairs")
+    oversample = tuple(float(v) for v in a.oversample.split(":")) if a.oversample else None
+    train_data = ContinuousPairs(data, a.data, oversample=oversample) if a.continuous_pairs else data
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg0 = ReparamConfig("d2p", widths=a.widths)
@@ -117,7 +126,8 @@ def main():
         model = train_paramnet(cfg, train_data, ae_state, out, TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
                                                                      seed=a.seed, threads=a.threads,
                                                                      low_res_fraction=a.low_res_fraction,
-                                                                     affine=a.affine, precision=a.precision),
+                                                                     affine=a.affine, precision=a.precision,
+                                                                     loss=a.loss),
                                paramnet_init=init)
         print(f"{mode}: trained {a.steps} steps in {time.time() - t1:.0f} s")
         if a.ship:
@@ -141,11 +151,14 @@ def main():
                           "autoencoder_pretraining": "BrainWeb spin-echo images with randomised tissues + 150 "
                                                      "SIAT magnitudes (Places-365 unavailable)",
                           "steps": a.steps, "ae_steps": ae_steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
-                          "progressive": f"{a.low_res_fraction:.0%} of steps at 128x128, then 256x256", "loss": "MSE", "optimizer": "Adam",
+                          "progressive": f"{a.low_res_fraction:.0%} of steps at 128x128, then 256x256", "loss": "MSE" if a.loss == "mse" else "per-image log MSE",
+                          "optimizer": "Adam",
                           "augmentation": "left-right flips" + (", random rotation (+/-10 deg), scaling "
                                                                   "(0.9-1.1) and shift (+/-5 %)" if a.affine else ""),
                           "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu",
                           **({"precision": "bf16 autocast (weights fp32)"} if a.precision == "bf16" else {}),
+                          **({"oversampled_slices": f"training slices containing tissue label {int(oversample[0])} "
+                                                    f"drawn {oversample[1]:g} times as often"} if oversample else {}),
                           **({"continued_from": origin} if origin else {}),
                           **({"widened_from_decoder_widths": widened} if widened else {})})
             print(f"shipped {card.weights} sha256={card.sha256}")

@@ -18,7 +18,6 @@ Ctrl-C), show a progress bar, and append to a CSV loss log.
 from __future__ import annotations
 
 import csv
-import math
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -103,9 +102,13 @@ class ContinuousPairs:
     ``exclude_te`` (relative) in TE *and* ``exclude_tr`` seconds in TR of any test pair is
     rejected, so no training image is within a few per cent of a test acquisition.
     Same ``batch`` interface as :class:`PaperData`; only noise-free, unjittered files.
+
+    ``oversample``: ``(label, factor)`` draws the training slices that contain that tissue
+    label (more than ``min_voxels`` voxels of it) ``factor`` times as often as the others.
     """
 
-    def __init__(self, data: PaperData, path, exclude_te: float = 0.05, exclude_tr: float = 0.1, phantom=None):
+    def __init__(self, data: PaperData, path, exclude_te: float = 0.05, exclude_tr: float = 0.1, phantom=None,
+                 oversample: Optional[tuple] = None, min_voxels: float = 5.0):
         import h5py
         import json
 
@@ -122,6 +125,17 @@ class ContinuousPairs:
         zs = data.slice_z[data.train_slices]
         frac = np.ascontiguousarray(ph.fractions[:, zs].transpose(1, 0, 2, 3))
         self.fractions = resize_slices(frac, cfg.size).astype(np.float32)      # (S, labels, H, W)
+        self.slice_p = None
+        if oversample is not None:
+            label, factor = int(oversample[0]), float(oversample[1])
+            if not 0 <= label < frac.shape[1] or not factor >= 1:
+                raise ValueError(f"oversample needs a tissue label below {frac.shape[1]} and a factor >= 1, "
+                                 f"got {oversample}")
+            has = frac[:, label].sum(axis=(1, 2)) > min_voxels
+            if not has.any():
+                raise ValueError(f"no training slice contains tissue label {label}")
+            w = np.where(has, factor, 1.0)
+            self.slice_p = w / w.sum()
         self.test_te = data.te[data.test_pairs].astype(np.float64)
         self.test_tr = data.tr[data.test_pairs].astype(np.float64)
 
@@ -143,6 +157,12 @@ class ContinuousPairs:
             te, tr = np.concatenate([te, a[keep]]), np.concatenate([tr, b[keep]])
         return te[:n], tr[:n]
 
+    def draw_slices(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` training slices (indices into the training slices), uniformly or ``oversample``-d."""
+        if self.slice_p is None:
+            return rng.integers(len(self.fractions), size=n)
+        return rng.choice(len(self.fractions), size=n, p=self.slice_p)
+
     def render_u8(self, slices, te, tr) -> np.ndarray:
         """8-bit images of training slices (indices into the training slices) at (te, tr)."""
         from ..data.simulate import normalize_8bit
@@ -160,7 +180,7 @@ class ContinuousPairs:
     def batch(self, mode: str, rng: np.random.Generator, n: int, test: bool = False):
         if test:
             return self.data.batch(mode, rng, n, test=True)
-        s = rng.integers(len(self.fractions), size=n)
+        s = self.draw_slices(rng, n)
         te, tr = self.draw(rng, n)
         tgt = self.render_u8(s, te, tr)
         d_te = np.full(n, self.data.default_te, np.float32)
@@ -214,6 +234,22 @@ class TrainConfig:
     threads: Optional[int] = None
     affine: bool = False         # random rotation/scale/shift of Param-Net's training pairs
     precision: str = "fp32"      # "bf16" ("auto": bf16 on AMX CPUs): Param-Net under bfloat16 autocast
+    loss: str = "mse"            # "log-mse": mean over the batch of each image's log MSE (see paramnet_loss)
+
+
+def paramnet_loss(out: torch.Tensor, y: torch.Tensor, kind: str = "mse"):
+    """Param-Net's training loss and the batch's mean per-image PSNR (0-255 scale, images in
+    [-1, 1]). ``"mse"``: the paper's mean squared error over the batch. ``"log-mse"``: the
+    mean of each image's log MSE, i.e. minus the mean per-image PSNR up to a constant - the
+    benchmark's metric, in which an image with small errors counts as much as one with large
+    errors (plain MSE is dominated by the images with the largest errors)."""
+    per = ((out - y) ** 2).flatten(1).mean(1)
+    psnr = float((10 * torch.log10(4.0 / per.detach().clamp_min(1e-12))).mean())
+    if kind == "mse":
+        return per.mean(), psnr
+    if kind == "log-mse":
+        return torch.log(per + 1e-8).mean(), psnr
+    raise ValueError(f"unknown Param-Net loss {kind!r} (mse or log-mse)")
 
 
 def _lr_at(step, total, base):
@@ -301,6 +337,7 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
     """Phase 2. ``paramnet_init``: Param-Net weights to start from (continuing a trained
     model) instead of Xavier initialisation; a checkpoint in ``out_dir`` takes precedence."""
     bf16 = resolve_precision(tc.precision, "cpu") == "bf16"   # validates; training runs on the CPU
+    paramnet_loss(torch.zeros(1, 1), torch.zeros(1, 1), tc.loss)   # validates the loss's name
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     model = ReparamModel(cfg)
     model.autoencoder.load_state_dict(autoencoder_state)
@@ -334,12 +371,10 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
             # bf16: convolutions in bfloat16, weights, optimiser state and the loss in fp32
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x, p)
-            loss = F.mse_loss(out.float(), y)
+            loss, bpsnr = paramnet_loss(out.float(), y, tc.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            # PSNR on the 0-255 scale of this training batch, for the log
-            bpsnr = 10 * math.log10(4.0 / max(loss.item(), 1e-12))
             wr.writerow([step, f"{loss.item():.6f}", f"{bpsnr:.2f}", x.shape[-1], f"{time.time() - t0:.1f}"])
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.5f}", psnr=f"{bpsnr:.1f}")
