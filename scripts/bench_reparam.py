@@ -24,7 +24,8 @@ but 5 training slices (how much of the error is unseen anatomy) and on the held-
 ``--validation`` prints only the shipped models' PSNR on validation data instead: both
 neighbours of each held-out slice (no network trained on them) at 20 of the file's
 training pairs, D2P from the default image and P2P from the same slice at another of the
-20 pairs - the data on which training choices (such as the Param-Net's width) are made.
+20 pairs - the data on which training choices (such as the Param-Net's width) are made -
+and, for each tissue, the share of the pixels holding it and their share of the squared error.
 """
 import argparse
 import json
@@ -118,15 +119,26 @@ def validation_cases(d: PaperData, mode: str, n_pairs: int = 20, seed: int = 5):
     return np.stack(x), np.array(in_te), np.array(in_tr), np.array(pairs), np.stack(gts).astype(np.float64)
 
 
-def validate(d: PaperData):
-    print("Validation: both neighbours of each held-out slice x 20 training pairs (flip-averaged)")
+def validate(d: PaperData, n_pairs: int = 20):
+    """The validation scores, and where the squared error lies: for each tissue, the share
+    of the pixels that hold any of it (fraction > 1 %) and their share of the squared error."""
+    from MRISynthLib.physics.tissues import LABEL_NAMES
+    from MRISynthLib.training.quantitative import slice_fractions
+
+    print(f"Validation: both neighbours of each held-out slice x {n_pairs} training pairs (flip-averaged)")
+    zs = np.concatenate([d.slice_z[d.test_slices] + 1, d.slice_z[d.test_slices] - 1])
+    holds = np.repeat(slice_fractions(brainweb_phantom(voxel_mm=2.0), zs, 256) > 0.01, n_pairs, axis=0)
     for mode in ("d2p", "p2p"):
         net, card = load_model(mode, "cpu")
-        x, in_te, in_tr, pairs, gts = validation_cases(d, mode)
+        x, in_te, in_tr, pairs, gts = validation_cases(d, mode, n_pairs)
         pr = predict(net, mode, x, d.te[pairs], d.tr[pairs], *((in_te, in_tr) if mode == "p2p" else ()))
         r = stats(pr, gts)
         print(f"  {card.id} (Param-Net widths {'-'.join(map(str, card.architecture['decoder_widths']))}): "
               f"{r['psnr_mean']:.2f} +/- {r['psnr_std']:.2f} dB, MAE {r['mae_mean']:.2f} ({r['n']} images)")
+        se = (pr - gts) ** 2
+        print("    pixels holding each tissue: share of the pixels / of the squared error: " + ", ".join(
+            f"{LABEL_NAMES[k]} {holds[:, k].mean():.1%} / {se[holds[:, k]].sum() / se.sum():.1%}"
+            for k in range(1, holds.shape[1]) if holds[:, k].any()))
 
 
 def main():
