@@ -16,7 +16,9 @@ slices (away from the held-out ones; the paper's slices, pairs and test set are
 unchanged). ``--continue-shipped`` starts each mode from the shipped model (its frozen
 autoencoder and its Param-Net) instead of training from scratch; the catalog card then
 records what it continued from. ``--continuous-pairs`` trains on fresh (TE, TR) values
-in every batch instead of the file's 160 training pairs (see ContinuousPairs).
+in every batch instead of the file's 160 training pairs (see ContinuousPairs);
+``--oversample LABEL:FACTOR`` then draws the slices holding a tissue more often.
+``--loss log-mse`` trains on each image's log MSE (the benchmark's mean per-image PSNR).
 """
 import argparse
 import sys
@@ -80,7 +82,13 @@ def main():
     data = PaperData(a.data)
     if a.oversample and not a.continuous_pairs:
         raise SystemExit("--oversample needs --continuous-pairs")
-    oversample = tuple(float(v) for v in a.oversample.split(":")) if a.oversample else None
+    oversample = None
+    if a.oversample:
+        try:
+            label, factor = a.oversample.split(":")
+            oversample = (int(label), float(factor))
+        except ValueError:
+            raise SystemExit(f"--oversample wants LABEL:FACTOR, such as 8:3, got {a.oversample!r}")
     train_data = ContinuousPairs(data, a.data, oversample=oversample) if a.continuous_pairs else data
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,13 +159,13 @@ def main():
                           "autoencoder_pretraining": "BrainWeb spin-echo images with randomised tissues + 150 "
                                                      "SIAT magnitudes (Places-365 unavailable)",
                           "steps": a.steps, "ae_steps": ae_steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
-                          "progressive": f"{a.low_res_fraction:.0%} of steps at 128x128, then 256x256", "loss": "MSE" if a.loss == "mse" else "per-image log MSE",
-                          "optimizer": "Adam",
+                          "progressive": f"{a.low_res_fraction:.0%} of steps at 128x128, then 256x256",
+                          "loss": "MSE" if a.loss == "mse" else "per-image log MSE", "optimizer": "Adam",
                           "augmentation": "left-right flips" + (", random rotation (+/-10 deg), scaling "
                                                                   "(0.9-1.1) and shift (+/-5 %)" if a.affine else ""),
                           "te_range_s": [0.02, 1.0], "tr_range_s": [1.2, 10.0], "device": "cpu",
                           **({"precision": "bf16 autocast (weights fp32)"} if a.precision == "bf16" else {}),
-                          **({"oversampled_slices": f"training slices containing tissue label {int(oversample[0])} "
+                          **({"oversampled_slices": f"training slices containing tissue label {oversample[0]} "
                                                     f"drawn {oversample[1]:g} times as often"} if oversample else {}),
                           **({"continued_from": origin} if origin else {}),
                           **({"widened_from_decoder_widths": widened} if widened else {})})

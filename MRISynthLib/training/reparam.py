@@ -7,10 +7,11 @@ pre-train instead on (a) spin-echo images of the BrainWeb training slices at ran
 complex head slices (real scans; the last 50 are never used for training).
 
 Phase 2, :func:`train_paramnet`: the autoencoder is frozen; Param-Net (Xavier/Glorot
-initialised) is trained with MSE and Adam on the paper-protocol data set's training pairs
-and slices (or, :class:`ContinuousPairs`, on its training slices at fresh continuous (TE, TR)
-values away from the held-out pairs). Training is progressive: first at a reduced image size (the networks are
-fully convolutional, so the same weights apply), then at the full 256 x 256.
+initialised) is trained with MSE (or each image's log MSE, :func:`paramnet_loss`) and Adam
+on the paper-protocol data set's training pairs and slices (or, :class:`ContinuousPairs`,
+on its training slices at fresh continuous (TE, TR) values away from the held-out pairs).
+Training is progressive: first at a reduced image size (the networks are fully
+convolutional, so the same weights apply), then at the full 256 x 256.
 
 Both are seeded, resumable (a checkpoint is written every ``ckpt_every`` steps and on
 Ctrl-C), show a progress bar, and append to a CSV loss log.
