@@ -625,7 +625,7 @@ class MRISynthLogic(ScriptedLoadableModuleLogic):
         """Render ``target`` (a MRISynthLib.physics.signal.SequenceParams, e.g. PRESETS["FLAIR"]) from a
         spin-echo input (and optionally a second spin echo of the same grid, ``secondNode``) through the
         estimated PD/T1/T2; returns (outputNode, maps dict). ``assist``: one input only; also fit the
-        spin echoes the re-parameterization Param-Net predicts from it (better renders, about 20 times slower).
+        spin echoes the re-parameterization Param-Net predicts from it (better renders, 15 to 20 times slower).
         ``null``: "csf" or "fat": an ir target's TI is set to null that tissue as estimated."""
         from MRISynthLib.mrml import synthesize_node
         return synthesize_node(slicer.mrmlScene, inputNode, target, inputTE, inputTR, device=device,
