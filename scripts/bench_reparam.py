@@ -96,13 +96,18 @@ def test_split(d: PaperData, seed: int = 0, slices=None, pairs=None):
     return bb, ss, d.targets[bb, ss].astype(np.float64), np.array([partner[b] for b in bb])
 
 
+def validation_slices(d: PaperData) -> np.ndarray:
+    """The validation slices' z: both neighbours of each held-out slice."""
+    return np.concatenate([d.slice_z[d.test_slices] + 1, d.slice_z[d.test_slices] - 1])
+
+
 def validation_cases(d: PaperData, mode: str, n_pairs: int = 20, seed: int = 5):
     """The validation images (see the module doc): inputs, their (TE, TR) (P2P), targets' pairs, targets."""
     from bench_synth import DEFAULT, render_truth
     from MRISynthLib.training.quantitative import slice_fractions
 
     vp = np.random.default_rng(seed).choice(d.train_pairs, n_pairs, replace=False)
-    zs = np.concatenate([d.slice_z[d.test_slices] + 1, d.slice_z[d.test_slices] - 1])
+    zs = validation_slices(d)
     seqs = [SequenceParams("se", float(t), float(r)) for t, r in zip(d.te[vp], d.tr[vp])]
     rng = np.random.default_rng(7)
     x, in_te, in_tr, pairs, gts = [], [], [], [], []
@@ -126,8 +131,7 @@ def validate(d: PaperData, n_pairs: int = 20):
     from MRISynthLib.training.quantitative import slice_fractions
 
     print(f"Validation: both neighbours of each held-out slice x {n_pairs} training pairs (flip-averaged)")
-    zs = np.concatenate([d.slice_z[d.test_slices] + 1, d.slice_z[d.test_slices] - 1])
-    holds = np.repeat(slice_fractions(brainweb_phantom(voxel_mm=2.0), zs, 256) > 0.01, n_pairs, axis=0)
+    holds = np.repeat(slice_fractions(brainweb_phantom(voxel_mm=2.0), validation_slices(d), 256) > 0.01, n_pairs, axis=0)
     for mode in ("d2p", "p2p"):
         net, card = load_model(mode, "cpu")
         x, in_te, in_tr, pairs, gts = validation_cases(d, mode, n_pairs)

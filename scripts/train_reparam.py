@@ -33,7 +33,7 @@ from MRISynthLib import catalog  # noqa: E402
 from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset  # noqa: E402
 from MRISynthLib.models.paramnet import ReparamConfig, WIDTHS, widen_paramnet_state  # noqa: E402
 from MRISynthLib.training.common import run_origin  # noqa: E402
-from MRISynthLib.training.reparam import (ContinuousPairs, PaperData, TrainConfig, autoencoder_pool,  # noqa: E402
+from MRISynthLib.training.reparam import (PARAMNET_LOSSES, ContinuousPairs, PaperData, TrainConfig, autoencoder_pool,  # noqa: E402
                                           paramnet_checkpoint, train_autoencoder, train_paramnet)
 
 CITATION = ("Narang, Raj, Pop, Ebrahimi, 'Deep Learning-Based MR Image Re-parameterization', BIOENG 2022; "
@@ -71,7 +71,7 @@ def main():
     ap.add_argument("--oversample", default=None, metavar="LABEL:FACTOR",
                     help="with --continuous-pairs: draw the training slices that contain this tissue label "
                          "FACTOR times as often (e.g. 8:3 for glial matter)")
-    ap.add_argument("--loss", default="mse", choices=("mse", "log-mse"),
+    ap.add_argument("--loss", default="mse", choices=PARAMNET_LOSSES,
                     help="Param-Net loss: the paper's MSE, or each image's log MSE averaged over the batch "
                          "(the benchmark's mean per-image PSNR; see paramnet_loss)")
     ap.add_argument("--ship", action="store_true", help="export weights + catalog entries into the package")

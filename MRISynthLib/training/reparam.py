@@ -238,6 +238,9 @@ class TrainConfig:
     loss: str = "mse"            # "log-mse": mean over the batch of each image's log MSE (see paramnet_loss)
 
 
+PARAMNET_LOSSES = ("mse", "log-mse")
+
+
 def paramnet_loss(out: torch.Tensor, y: torch.Tensor, kind: str = "mse"):
     """Param-Net's training loss and the batch's mean per-image PSNR (0-255 scale, images in
     [-1, 1]). ``"mse"``: the paper's mean squared error over the batch. ``"log-mse"``: the
@@ -338,7 +341,8 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
     """Phase 2. ``paramnet_init``: Param-Net weights to start from (continuing a trained
     model) instead of Xavier initialisation; a checkpoint in ``out_dir`` takes precedence."""
     bf16 = resolve_precision(tc.precision, "cpu") == "bf16"   # validates; training runs on the CPU
-    paramnet_loss(torch.zeros(1, 1), torch.zeros(1, 1), tc.loss)   # validates the loss's name
+    if tc.loss not in PARAMNET_LOSSES:
+        raise ValueError(f"unknown Param-Net loss {tc.loss!r} (mse or log-mse)")
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     model = ReparamModel(cfg)
     model.autoencoder.load_state_dict(autoencoder_state)
