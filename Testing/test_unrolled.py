@@ -147,6 +147,17 @@ def test_bf16_denoisers_stay_close_to_fp32():
     assert resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("half", "cpu")
+    # bf16 asked for on a CPU without AMX (emulated, slow) is honoured with a warning naming the CPU
+    from unittest import mock
+    import warnings
+    with mock.patch("MRISynthLib.device.native_bf16", return_value=False), pytest.warns(UserWarning, match="without AMX"):
+        assert resolve_precision("bf16", "cpu") == "bf16"
+    with mock.patch("MRISynthLib.device.native_bf16", return_value=True), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("bf16", "cpu") == "bf16"
+        assert resolve_precision("auto", "cpu") == "bf16"
+    from MRISynthLib.device import cpu_name
+    assert cpu_name().endswith(")") and torch.backends.cpu.get_cpu_capability() in cpu_name()
     # the task function passes the choice on
     k = y32[0].numpy()
     a = reconstruct(k, mask=mask32.numpy(), maps=maps32[0].numpy(), method="unrolled", model=net, precision="fp32")

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from MRISynthLib import catalog  # noqa: E402
 from MRISynthLib.data.simulate import ProtocolConfig, make_paper_dataset, normalize_8bit, resize_slices  # noqa: E402
+from MRISynthLib.device import cpu_name  # noqa: E402
 from MRISynthLib.metrics import mae, psnr  # noqa: E402
 from MRISynthLib.models.paramnet import encode_params  # noqa: E402
 from MRISynthLib.physics.phantoms import brainweb_phantom, render_maps  # noqa: E402
@@ -247,7 +248,7 @@ def main():
     # speed
     timing = {}
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"\nSpeed (torch {torch.__version__}, {torch.get_num_threads()} CPU threads):")
+    print(f"\nSpeed (torch {torch.__version__}, {torch.get_num_threads()} threads of {cpu_name()}):")
     for dev in devices:
         for mode in ("d2p", "p2p"):
             net, _ = load_model(mode, dev)
@@ -300,7 +301,8 @@ def main():
                          "psnr_same_pairs_training_slices": gap[mode]["psnr_mean"],
                          "psnr_training_pairs_same_slices": pair_gap[mode]["psnr_mean"],
                          "psnr_one_pass": one_pass[mode]["psnr_mean"], "inference": "flip-averaged"}
-            c.timing = {k.split("_", 1)[1]: v for k, v in timing.items() if k.startswith(mode)}
+            c.timing = {"cpu_model": cpu_name(), "threads": torch.get_num_threads(),
+                        **{k.split("_", 1)[1]: v for k, v in timing.items() if k.startswith(mode)}}
         catalog.save_catalog(cards)
         print("catalog updated")
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reparam import PAPER, load_test_data, predict, stats, test_split  # noqa: E402
 from MRISynthLib import catalog  # noqa: E402
 from MRISynthLib.data.simulate import normalize_8bit  # noqa: E402
+from MRISynthLib.device import cpu_name  # noqa: E402
 from MRISynthLib.metrics import psnr  # noqa: E402
 from MRISynthLib.models.quantitative import effective_maps  # noqa: E402
 from MRISynthLib.physics.phantoms import Phantom, brainweb_phantom, mni152_phantom  # noqa: E402
@@ -255,8 +256,8 @@ def main():
     vol_est = MapEstimate(np.random.default_rng(0).uniform(0, 1, (K, Z, 256, 256)).astype(np.float32),
                           np.ones(Z, np.float32), np.linspace(0.3, 4, K).astype(np.float32),
                           np.linspace(0.03, 2, K).astype(np.float32), np.linspace(0.02, 1, K).astype(np.float32))
-    timing = {"threads": torch.get_num_threads()}
-    print(f"\nTiming (torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {K} compartments):")
+    timing = {"threads": torch.get_num_threads(), "cpu_model": cpu_name()}
+    print(f"\nTiming (torch {torch.__version__}, {torch.get_num_threads()} threads of {cpu_name()}, {K} compartments):")
     for nm in ("T2w", "FLAIR", "GRE"):
         vol_est.render(PRESETS[nm])
         ts = []

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..device import resolve_precision
 from ..models.unrolled import UnrolledConfig, UnrolledNet, expand_state
 from ..physics.sense import sense_forward
 from .common import cosine_lr, log_step, resume, save_ckpt, start_run
@@ -70,6 +71,7 @@ def train_unrolled(cfg: UnrolledConfig, train, out_dir, tc: UnrolledTrainConfig,
     when there is no checkpoint to resume."""
     if tc.schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule {tc.schedule!r} (constant or cosine)")
+    resolve_precision(tc.precision, "cpu")   # validates (and warns for emulated bf16); training runs on the CPU
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     net = UnrolledNet(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
