@@ -1,6 +1,7 @@
 """Device choice: "auto" (CUDA if available, else CPU; Apple MPS only when asked by name)."""
 from __future__ import annotations
 
+import functools
 import platform
 import warnings
 
@@ -38,9 +39,11 @@ def resolve_precision(precision, device) -> str:
     return precision
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_name() -> str:
     """The CPU's model name and the vector instructions torch uses on it, for benchmark
-    reports (timings depend on both: "AMD EPYC (AVX2)", "Intel(R) Xeon(R) ... (AVX512, AMX)")."""
+    reports (timings depend on both: "AMD EPYC (AVX2)", "Intel(R) Xeon(R) ... (AVX512, AMX)");
+    read once per process."""
     name = ""
     try:
         with open("/proc/cpuinfo") as f:

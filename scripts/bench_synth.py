@@ -149,7 +149,7 @@ def time_volume(net, Z, t_est, t_assist, estimate, assisted) -> dict:
                           np.ones(Z, np.float32), np.linspace(0.3, 4, K).astype(np.float32),
                           np.linspace(0.03, 2, K).astype(np.float32), np.linspace(0.02, 1, K).astype(np.float32))
     timing = {"threads": torch.get_num_threads(), "cpu_model": cpu_name()}
-    print(f"\nTiming (torch {torch.__version__}, {torch.get_num_threads()} threads of {cpu_name()}, {K} compartments):")
+    print(f"\nTiming (torch {torch.__version__}, {timing['threads']} threads of {timing['cpu_model']}, {K} compartments):")
     for nm in ("T2w", "FLAIR", "GRE"):
         vol_est.render(PRESETS[nm])
         ts = []

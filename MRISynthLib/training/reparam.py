@@ -253,7 +253,7 @@ def paramnet_loss(out: torch.Tensor, y: torch.Tensor, kind: str = "mse"):
         return per.mean(), psnr
     if kind == "log-mse":
         return torch.log(per + 1e-8).mean(), psnr
-    raise ValueError(f"unknown Param-Net loss {kind!r} (mse or log-mse)")
+    raise ValueError(f"unknown Param-Net loss {kind!r} ({' or '.join(PARAMNET_LOSSES)})")
 
 
 def _lr_at(step, total, base):
@@ -342,7 +342,7 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
     model) instead of Xavier initialisation; a checkpoint in ``out_dir`` takes precedence."""
     bf16 = resolve_precision(tc.precision, "cpu") == "bf16"   # validates; training runs on the CPU
     if tc.loss not in PARAMNET_LOSSES:
-        raise ValueError(f"unknown Param-Net loss {tc.loss!r} (mse or log-mse)")
+        raise ValueError(f"unknown Param-Net loss {tc.loss!r} ({' or '.join(PARAMNET_LOSSES)})")
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     model = ReparamModel(cfg)
     model.autoencoder.load_state_dict(autoencoder_state)
