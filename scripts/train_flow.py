@@ -8,7 +8,12 @@ Training images: SIAT slices 0-149 (magnitude), --augment random affine copies o
 --brainweb BrainWeb slices at random spin-echo contrasts; validation: SIAT 150-159 (bits/dim printed every 100 steps). The
 test slices 160-199 are never touched. Checkpoints and the loss log go to
 --out/<bits>bit; re-running resumes. ``--export MODEL_ID`` ships the weights (fp16
-safetensors + catalog card) and a montage of prior samples under docs/.
+safetensors + catalog card) and a montage of prior samples under docs/. ``--init-from
+MODEL_ID`` continues a catalog flow (its architecture; a fresh optimiser and cosine
+schedule), and the exported card records it under ``continued_from``:
+
+    python scripts/train_flow.py --bits 4 --augment 6 --brainweb 300 --steps 3500 --lr 3e-4 \
+        --init-from flow-nsf-80x64-4bit-cpu --out runs/flow_cont
 """
 import argparse
 import sys
@@ -40,6 +45,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", metavar="MODEL_ID", help="ship the trained weights under this catalog id")
+    ap.add_argument("--init-from", metavar="MODEL_ID",
+                    help="continue this catalog flow (its architecture replaces --levels/--flow-steps/--width/--bins)")
     ap.add_argument("--samples", default=None, help="PNG montage of prior samples (default docs/flow_samples_<b>bit.png "
                                                     "with --export)")
     a = ap.parse_args()
@@ -48,7 +55,20 @@ def main():
     cfg = FlowConfig(levels=a.levels, steps=a.flow_steps, width=a.width, bins=a.bins)
     out = Path(a.out) / f"{a.bits}bit"
     tc = FlowTrainConfig(bits=a.bits, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, threads=a.threads)
-    flow = train_flow(cfg, train, out, tc, val=val)
+    init, origin = None, None
+    if a.init_from:
+        from MRISynthLib import catalog
+        from MRISynthLib.training.common import run_origin
+
+        source = catalog.get_card(a.init_from)
+        if source.task != "recon-flow":
+            raise SystemExit(f"{a.init_from} is not a flow prior (task {source.task!r})")
+        if int(source.training.get("bits", a.bits)) != a.bits:
+            raise SystemExit(f"{a.init_from} was trained on {source.training['bits']}-bit images, not {a.bits}-bit")
+        cfg = FlowConfig(**source.architecture)
+        init = catalog.load_state_dict(source)
+        origin = run_origin(out / "flow_ckpt.pt", source)
+    flow = train_flow(cfg, train, out, tc, val=val, init_state=init)
     bpd = validate_bpd(flow, val, a.bits)
     print(f"validation NLL: {bpd:.3f} bits/dim; checkpoints and loss log in {out}")
     samples = a.samples or (f"docs/flow_samples_{a.bits}bit.png" if a.export else None)
@@ -72,7 +92,8 @@ def main():
                               f"{FLOW_SIZE[0]}x{FLOW_SIZE[1]}, {a.bits}-bit", "bits": a.bits, "size": list(FLOW_SIZE),
                       "steps": a.steps, "batch": a.batch, "augment": a.augment, "lr": a.lr, "seed": a.seed,
                       "device": "cpu",
-                      "val_bits_per_dim": round(bpd, 4)},
+                      "val_bits_per_dim": round(bpd, 4),
+                      **({"continued_from": origin} if origin else {})},
             description=f"Normalizing-flow image prior ({cfg.levels} levels x {cfg.steps} RQS coupling steps, "
                         f"{cfg.bins} bins) for {a.bits}-bit {FLOW_SIZE[0]}x{FLOW_SIZE[1]} magnitudes")
         print(f"shipped {card.weights} (sha256 {card.sha256[:12]}...)")

@@ -127,17 +127,22 @@ def validate_bpd(flow: ImageFlow, images: np.ndarray, bits: int, seed: int = 1, 
 
 
 def train_flow(cfg: FlowConfig, train: np.ndarray, out_dir, tc: FlowTrainConfig,
-               val: Optional[np.ndarray] = None, progress: bool = True) -> ImageFlow:
+               val: Optional[np.ndarray] = None, progress: bool = True,
+               init_state: Optional[dict] = None) -> ImageFlow:
     """Maximum likelihood on dequantized images; Adam with warm-up then cosine decay;
     left-right flips (of the first image axis, the heads' left-right); resumable from
-    ``out_dir``; loss log ``flow_loss.csv`` (step, train bits/dim, validation bits/dim)."""
+    ``out_dir``; loss log ``flow_loss.csv`` (step, train bits/dim, validation bits/dim).
+    ``init_state``: weights of a trained flow of the same configuration to continue from
+    (a fresh optimiser and schedule; the ActNorm layers keep their trained values)."""
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     flow = ImageFlow(cfg)
     opt = torch.optim.Adam(flow.parameters(), lr=tc.lr)
     ckpt = out_dir / "flow_ckpt.pt"
     start = resume(ckpt, flow, opt)
     rng = np.random.default_rng([tc.seed, start])
-    if start == 0:  # data-dependent ActNorm initialisation on a larger batch
+    if start == 0 and init_state is not None:
+        flow.load_state_dict(init_state)
+    elif start == 0:  # data-dependent ActNorm initialisation on a larger batch
         flow.train()
         with torch.no_grad():
             flow(torch.from_numpy(dequantise(train[rng.choice(len(train), 64)], tc.bits, rng))[:, None])
