@@ -58,6 +58,7 @@ def main():
     init, origin = None, None
     if a.init_from:
         from MRISynthLib import catalog
+        from MRISynthLib.tasks.recon import load_flow
         from MRISynthLib.training.common import run_origin
 
         source = catalog.get_card(a.init_from)
@@ -65,8 +66,8 @@ def main():
             raise SystemExit(f"{a.init_from} is not a flow prior (task {source.task!r})")
         if int(source.training.get("bits", a.bits)) != a.bits:
             raise SystemExit(f"{a.init_from} was trained on {source.training['bits']}-bit images, not {a.bits}-bit")
-        cfg = FlowConfig(**source.architecture)
-        init = catalog.load_state_dict(source)
+        source_flow, _ = load_flow(a.init_from, "cpu")
+        cfg, init = source_flow.cfg, source_flow.state_dict()
         origin = run_origin(out / "flow_ckpt.pt", source)
     flow = train_flow(cfg, train, out, tc, val=val, init_state=init)
     bpd = validate_bpd(flow, val, a.bits)

@@ -241,6 +241,11 @@ class TrainConfig:
 PARAMNET_LOSSES = ("mse", "log-mse")
 
 
+def _check_paramnet_loss(kind: str) -> None:
+    if kind not in PARAMNET_LOSSES:
+        raise ValueError(f"unknown Param-Net loss {kind!r} ({' or '.join(PARAMNET_LOSSES)})")
+
+
 def paramnet_loss(out: torch.Tensor, y: torch.Tensor, kind: str = "mse"):
     """Param-Net's training loss and the batch's mean per-image PSNR (0-255 scale, images in
     [-1, 1]). ``"mse"``: the paper's mean squared error over the batch. ``"log-mse"``: the
@@ -253,7 +258,7 @@ def paramnet_loss(out: torch.Tensor, y: torch.Tensor, kind: str = "mse"):
         return per.mean(), psnr
     if kind == "log-mse":
         return torch.log(per + 1e-8).mean(), psnr
-    raise ValueError(f"unknown Param-Net loss {kind!r} ({' or '.join(PARAMNET_LOSSES)})")
+    _check_paramnet_loss(kind)
 
 
 def _lr_at(step, total, base):
@@ -341,8 +346,7 @@ def train_paramnet(cfg: ReparamConfig, data: PaperData, autoencoder_state: dict,
     """Phase 2. ``paramnet_init``: Param-Net weights to start from (continuing a trained
     model) instead of Xavier initialisation; a checkpoint in ``out_dir`` takes precedence."""
     bf16 = resolve_precision(tc.precision, "cpu") == "bf16"   # validates; training runs on the CPU
-    if tc.loss not in PARAMNET_LOSSES:
-        raise ValueError(f"unknown Param-Net loss {tc.loss!r} ({' or '.join(PARAMNET_LOSSES)})")
+    _check_paramnet_loss(tc.loss)
     out_dir = start_run(out_dir, tc.threads, tc.seed)
     model = ReparamModel(cfg)
     model.autoencoder.load_state_dict(autoencoder_state)
