@@ -165,6 +165,37 @@ def test_solver_log_prob_is_the_flows_density_of_the_image():
         assert (f.inverse(z, (16, 16))[1].abs() > 1).all()  # the log-det matters here
 
 
+def test_grey_levels_map_to_the_centres_of_the_priors_dequantisation_bins():
+    """A b-bit prior saw level k / (2^b - 1) as (k + u) / 2^b: the image's levels sit at the
+    bins' centres in the flow's space, the map back is clipped to [0, 1], and with ``bits``
+    the solver's image is the mapped G(z) while log p stays the flow's density of G(z)."""
+    from MRISynthLib.recon.flow import from_prior_space, objective_terms, to_prior_space
+    from MRISynthLib.training.flow import dequantise
+
+    levels = torch.arange(16, dtype=torch.float64) / 15
+    centres = to_prior_space(levels, 4)
+    deq = torch.from_numpy(dequantise(np.tile(levels.numpy(), (4000, 1)), 4, np.random.default_rng(0)))
+    assert torch.allclose(centres, deq.double().mean(0), atol=0.002)        # the bins' means
+    assert torch.allclose(from_prior_space(centres, 4), levels, atol=1e-12)  # round trip
+    assert from_prior_space(torch.tensor([0.0, 1.0]), 4).tolist() == [0.0, 1.0]   # clipped, not -1/30
+    assert to_prior_space(levels, None) is levels
+
+    f = tiny_flow(levels=2, dtype=torch.float64)
+    imgs, maps, mask, k = _problem(n=2)
+    z = 0.7 * torch.randn(2, 16 * 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    args = (f, z, torch.ones(2, dtype=torch.float64), t(k.astype(np.complex128)), t(maps.astype(np.complex128)),
+            t(np.broadcast_to(mask, (2, 16, 16))), None, (16, 16))
+    with torch.no_grad():
+        _, l1_c, lp_c, x_c = objective_terms(*args)
+        _, l1_4, lp_4, x_4 = objective_terms(*args, bits=4)
+        g = f.inverse(z, (16, 16))[0][:, 0]
+    assert torch.equal(lp_c, lp_4)
+    assert torch.allclose(x_c.real, g) and torch.allclose(x_4.real, from_prior_space(g, 4))
+    assert torch.allclose(l1_4, from_prior_space(g, 4).abs().flatten(1).sum(1))
+    assert not torch.allclose(x_c, x_4)
+
+
 def test_solver_cancel_and_variant_check():
     from MRISynthLib.tasks import Cancelled
 
@@ -231,3 +262,16 @@ def test_solver_settings_come_from_the_card_then_the_arguments():
     assert flow_solver_config(tuned, variant="l1").lamda == 0.004
     c = flow_solver_config(tuned, lamda=0.1, beta=0.2, iters=5, variant="logprob")
     assert (c.lamda, c.beta, c.iters) == (0.1, 0.2, 5)
+    assert c.bits is None and flow_solver_config({**tuned, "bits": 4}).bits == 4
+
+
+def test_shipped_priors_store_their_bit_depth_with_the_tuned_weights():
+    """The weights were tuned with the grey-level mapping of the prior's bit depth; the task
+    must solve with the same mapping."""
+    from MRISynthLib.catalog import get_card
+    from MRISynthLib.tasks.recon import flow_solver_config
+
+    for bits in (4, 8):
+        card = get_card(f"flow-nsf-80x64-{bits}bit-cpu")
+        assert card.training["bits"] == bits
+        assert flow_solver_config(card.training["solver"]).bits == bits

@@ -22,8 +22,13 @@ solver stops.
 --prior-check: instead of the test, the prior's log-density (nats per pixel) on the
 validation slices of the reference image, of the reference dequantised like the training
 data, blurred (Gaussian, sigma 0.7 px) and with Gaussian noise (sigma 0.02), and of each
-variant's reconstruction: whether the prior ranks the true image above the solutions the
-log-prob penalty moves towards.
+variant's reconstruction, each mapped to the prior's space as the solver maps its image
+(recon.flow.to_prior_space): whether the prior ranks the true image above the solutions
+the log-prob penalty moves towards.
+
+Tuning (and a checkpoint without stored weights) solves with the image mapped to the
+prior's grey-level bins (FlowSolverConfig.bits = the data's bit depth); otherwise the
+model's stored settings decide.
 
 Metrics on the magnitude: PSNR over the image (data range 1 = the reference's maximum),
 SSIM, NRMSE over the image. Time per slice on this machine's CPU (the flow solver runs
@@ -44,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from MRISynthLib.metrics import nrmse, psnr, ssim  # noqa: E402
 from MRISynthLib.models.flow import FlowConfig, ImageFlow  # noqa: E402
 from MRISynthLib.recon import classical as C  # noqa: E402
-from MRISynthLib.recon.flow import VARIANTS, FlowSolverConfig, flow_reconstruct, weights_for  # noqa: E402
+from MRISynthLib.recon.flow import VARIANTS, FlowSolverConfig, flow_reconstruct, to_prior_space, weights_for  # noqa: E402
 from MRISynthLib.tasks.recon import flow_solver_config, load_flow, load_unrolled  # noqa: E402
 from MRISynthLib.training.flow import flow_multicoil, validate_bpd, siat_magnitudes  # noqa: E402
 
@@ -71,7 +76,7 @@ LAMDAS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)   # the L1 weights tried for the L1-only
 BETAS = (3e-5, 1e-4, 3e-4, 1e-3)          # the log-prob weights tried for the log-prob-only variant
 
 
-def tune(flow, val, iters, lr):
+def tune(flow, val, iters, lr, bits=None):
     """Each variant tuned by validation PSNR at the same iteration count: CS lambda; lambda
     of L1 only; beta of log-prob only; and the combined variant over the 3 x 3 grid around
     those two optima (lambda / 10, / 3, x 1; beta / 3, x 1, x 3), since the two penalties
@@ -81,7 +86,7 @@ def tune(flow, val, iters, lr):
     grid = {lam: mean_psnr(cs(val, lam), ref) for lam in (1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3)}
     best["cs_lamda"] = max(grid, key=grid.get)
     print("CS lambda:", {k: round(v, 2) for k, v in grid.items()})
-    base = FlowSolverConfig(iters=iters, lr=lr)
+    base = FlowSolverConfig(iters=iters, lr=lr, bits=bits)
 
     def flow_psnr(variant, lamda=0.0, beta=0.0):
         return mean_psnr(run_flow(flow, val, variant, FlowSolverConfig(**{**base.to_dict(), "lamda": lamda,
@@ -141,19 +146,25 @@ def prior_check(flow, bits, a, solvers):
     ref = np.abs(val["imgs"]).astype(np.float32)
     rng = np.random.default_rng(0)
 
-    def logp(imgs):
-        x = torch.from_numpy(np.clip(np.asarray(imgs, np.float32), 0.0, 1.0))[:, None]
+    def logp(imgs, mapped=False):
+        """per pixel, of image values as the solver's penalty sees them: mapped to the
+        prior's space (recon.flow.to_prior_space), unless ``mapped`` (already there)"""
+        x = torch.from_numpy(np.asarray(imgs, np.float32))
+        x = x if mapped else to_prior_space(x.clamp(0.0, 1.0), solvers["l1"].bits)
         with torch.no_grad():
-            return float(flow.log_prob(x).mean()) / ref[0].size
+            return float(flow.log_prob(x[:, None]).mean()) / ref[0].size
 
-    rows = {"reference": ref, "reference, dequantised": dequantise(ref, bits, rng),
+    deq = dequantise(ref, bits, rng)   # (k + u) / 2^b, in the prior's space; as image values k / (2^b - 1):
+    rows = {"reference": ref, "reference, dequantised": (deq * 2 ** bits - 0.5) / (2 ** bits - 1),
             "reference, blurred (sigma 0.7 px)": np.stack([gaussian_filter(r, 0.7) for r in ref]),
             "reference + noise (sigma 0.02)": ref + rng.normal(0.0, 0.02, ref.shape).astype(np.float32)}
     for v in VARIANTS:
         rows[f"flow {v}"] = np.abs(run_flow(flow, val, v, solvers[v]))
+    mapped = {"reference, dequantised": deq}
     print(f"\nvalidation slices 150-{149 + a.n_val}, {bits}-bit: the prior's log p (nats/pixel) and PSNR")
     for name, imgs in rows.items():
-        print(f"{name:36s} log p {logp(imgs):7.3f}   PSNR {mean_psnr(imgs, ref):6.2f} dB", flush=True)
+        lp = logp(mapped[name], mapped=True) if name in mapped else logp(imgs)
+        print(f"{name:36s} log p {lp:7.3f}   PSNR {mean_psnr(imgs, ref):6.2f} dB", flush=True)
 
 
 def main():
@@ -191,6 +202,8 @@ def main():
         bits = a.bits or st["train_config"]["bits"]
         stored = {}
     settings = {**stored, **({"iters": a.iters} if a.iters else {}), **({"lr": a.lr} if a.lr else {})}
+    if a.tune or not stored:   # new tuning: the image mapped to the prior's grey-level bins (recon.flow)
+        settings["bits"] = bits
     solver = flow_solver_config(settings)
     bpd = validate_bpd(flow, siat_magnitudes(np.arange(150, 160), bits), bits)
     print(f"flow prior: validation NLL {bpd:.3f} bits/dim ({bits}-bit SIAT 150-159)")
@@ -198,7 +211,7 @@ def main():
     if a.tune:
         t0 = time.perf_counter()
         val = validation_set(bits, a)
-        best = tune(flow, val, solver.iters, solver.lr)
+        best = tune(flow, val, solver.iters, solver.lr, solver.bits)
         settings.update({k: best[k] for k in ("cs_lamda", "lamda_l1", "beta_logprob", "lamda", "beta")})
         default_variant = best["variant"]
         print(f"tuned in {time.perf_counter() - t0:.0f} s: {best}")

@@ -16,6 +16,14 @@ k-space is divided by s0, the 99.9th percentile of a CG-SENSE magnitude, so the 
 about [0, 1] like the flow's training data, and a scalar c (init 1) is optimised with z
 so that a wrong s0 does not bias the result. log p is the flow's continuous density on
 [0, 1]^N in nats (per image), so lambda and beta are per-image weights in these units.
+
+Grey levels: a prior trained on images quantised to 2^b levels k / (2^b - 1) saw them
+dequantised, (k + u) / 2^b with u ~ U[0, 1), so a level's image value sits at the centre of
+its bin in the flow's space. With ``bits`` set (the prior's bit depth, from its model card)
+the image is therefore m = clip((2^b G(z) - 1/2) / (2^b - 1), 0, 1), the inverse of that
+map, and z starts from the flow's latent of the zero-filled image mapped to bin centres;
+the L1 term acts on m and log p on G(z), i.e. the prior's density of m's bin centres
+(up to a constant). ``bits=None`` takes m = G(z) (a prior of continuous images).
 """
 from __future__ import annotations
 
@@ -40,6 +48,8 @@ class FlowSolverConfig:
     iters: int = 300
     lr: float = 0.05
     phase: str = "estimate"     # or "zero"
+    bits: Optional[int] = None  # the prior's bit depth (see the module text); None: continuous
+
 
     def to_dict(self):
         return asdict(self)
@@ -50,6 +60,22 @@ def weights_for(variant: str, cfg: FlowSolverConfig):
     if variant not in VARIANTS:
         raise ValueError(f"unknown flow variant {variant!r}; choose from {VARIANTS}")
     return (0.0 if variant == "logprob" else cfg.lamda), (0.0 if variant == "l1" else cfg.beta)
+
+
+def to_prior_space(m, bits: Optional[int]):
+    """Image values in [0, 1] -> the flow's space: the centres of the dequantisation bins."""
+    if not bits:
+        return m
+    levels = 2 ** int(bits)
+    return (m * (levels - 1) + 0.5) / levels
+
+
+def from_prior_space(g, bits: Optional[int]):
+    """The flow's space -> image values: the inverse of :func:`to_prior_space`, clipped to [0, 1]."""
+    if not bits:
+        return g
+    levels = 2 ** int(bits)
+    return ((g * levels - 0.5) / (levels - 1)).clamp(0.0, 1.0)
 
 
 def _centre_mask(mask: np.ndarray) -> np.ndarray:
@@ -74,15 +100,16 @@ def prepare(kspace: np.ndarray, maps: np.ndarray, mask: np.ndarray, phase: str =
     return s0, ph, zf.astype(np.float32)
 
 
-def objective_terms(flow, z, c, y, maps, mask, phase, size):
-    """(data ||A x - y||^2, ||G(z)||_1, log p(G(z))) per image, and the image x."""
+def objective_terms(flow, z, c, y, maps, mask, phase, size, bits: Optional[int] = None):
+    """(data ||A x - y||^2, ||m||_1, log p(G(z))) per image, and the image x = c m e^{i phi},
+    m = G(z) mapped to image values (:func:`from_prior_space`)."""
     g, ld = flow.inverse(z, size)   # ld = log|det dG/dz|
-    g = g[:, 0]
+    m = from_prior_space(g[:, 0], bits)
     logp = flow.base_log_prob(z) - ld  # change of variables: log p(x) = log p(z) - log|det dG/dz|
-    x = c[:, None, None] * torch.polar(g, phase) if phase is not None else c[:, None, None] * g.to(y.dtype)
+    x = c[:, None, None] * torch.polar(m, phase) if phase is not None else c[:, None, None] * m.to(y.dtype)
     r = sense_forward(x, maps, mask) - y
     data = (r.abs() ** 2).flatten(1).sum(1)
-    return data, g.abs().flatten(1).sum(1), logp, x
+    return data, m.abs().flatten(1).sum(1), logp, x
 
 
 def flow_reconstruct(flow, kspace: np.ndarray, maps: np.ndarray, mask: np.ndarray, variant: str = "l1+logprob",
@@ -111,7 +138,7 @@ def flow_reconstruct(flow, kspace: np.ndarray, maps: np.ndarray, mask: np.ndarra
     mp, mk = t(maps.astype(np.complex64)), t(mask)
     phase = t(np.stack([p[1] for p in prep])) if cfg.phase == "estimate" else None
     with torch.no_grad():
-        z0, _ = flow(t(np.clip(np.stack([p[2] for p in prep]), 0.0, 1.0))[:, None])
+        z0, _ = flow(to_prior_space(t(np.clip(np.stack([p[2] for p in prep]), 0.0, 1.0)), cfg.bits)[:, None])
     z = z0.clone().requires_grad_(True)
     logc = torch.zeros(b, device=dev, requires_grad=True)
     opt = torch.optim.Adam([z, logc], lr=cfg.lr)
@@ -121,7 +148,7 @@ def flow_reconstruct(flow, kspace: np.ndarray, maps: np.ndarray, mask: np.ndarra
         for it in tqdm(range(cfg.iters), desc=f"flow {variant}", unit="it", disable=not progress):
             if cancel is not None and cancel():
                 raise Cancelled("reconstruction cancelled")
-            data, l1, logp, x = objective_terms(flow, z, logc.exp(), y, mp, mk, phase, (h, w))
+            data, l1, logp, x = objective_terms(flow, z, logc.exp(), y, mp, mk, phase, (h, w), cfg.bits)
             obj = data + lamda * l1 - beta * logp
             if snapshot is not None and it > 0 and it % snapshot_every == 0:   # x of the current z
                 snapshot(it, (x.detach().cpu().numpy() * s0[:, None, None]).astype(np.complex64))
@@ -133,7 +160,7 @@ def flow_reconstruct(flow, kspace: np.ndarray, maps: np.ndarray, mask: np.ndarra
             if progress_callback is not None:
                 progress_callback((it + 1) / cfg.iters)
         with torch.no_grad():
-            x = objective_terms(flow, z, logc.exp(), y, mp, mk, phase, (h, w))[3]
+            x = objective_terms(flow, z, logc.exp(), y, mp, mk, phase, (h, w), cfg.bits)[3]
     finally:
         for p in flow.parameters():
             p.requires_grad_(True)
