@@ -50,7 +50,6 @@ class FlowSolverConfig:
     phase: str = "estimate"     # or "zero"
     bits: Optional[int] = None  # the prior's bit depth (see the module text); None: continuous
 
-
     def to_dict(self):
         return asdict(self)
 
