@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from MRISynthLib.metrics import nrmse, psnr, ssim  # noqa: E402
 from MRISynthLib.models.flow import FlowConfig, ImageFlow  # noqa: E402
 from MRISynthLib.recon import classical as C  # noqa: E402
-from MRISynthLib.recon.flow import VARIANTS, FlowSolverConfig, flow_reconstruct, to_prior_space, weights_for  # noqa: E402
+from MRISynthLib.recon.flow import (VARIANTS, FlowSolverConfig, flow_reconstruct, from_prior_space,  # noqa: E402
+                                    to_prior_space, weights_for)
 from MRISynthLib.tasks.recon import flow_solver_config, load_flow, load_unrolled  # noqa: E402
 from MRISynthLib.training.flow import flow_multicoil, validate_bpd, siat_magnitudes  # noqa: E402
 
@@ -146,25 +147,22 @@ def prior_check(flow, bits, a, solvers):
     ref = np.abs(val["imgs"]).astype(np.float32)
     rng = np.random.default_rng(0)
 
-    def logp(imgs, mapped=False):
-        """per pixel, of image values as the solver's penalty sees them: mapped to the
-        prior's space (recon.flow.to_prior_space), unless ``mapped`` (already there)"""
-        x = torch.from_numpy(np.asarray(imgs, np.float32))
-        x = x if mapped else to_prior_space(x.clamp(0.0, 1.0), solvers["l1"].bits)
+    def logp(x):   # per pixel, of values in the prior's space
         with torch.no_grad():
-            return float(flow.log_prob(x[:, None]).mean()) / ref[0].size
+            return float(flow.log_prob(torch.from_numpy(np.asarray(x, np.float32))[:, None]).mean()) / ref[0].size
 
-    deq = dequantise(ref, bits, rng)   # (k + u) / 2^b, in the prior's space; as image values k / (2^b - 1):
-    rows = {"reference": ref, "reference, dequantised": (deq * 2 ** bits - 0.5) / (2 ** bits - 1),
+    deq = dequantise(ref, bits, rng)   # (k + u) / 2^b: already in the prior's space
+    rows = {"reference": ref, "reference, dequantised": from_prior_space(deq, bits, clip=False),
             "reference, blurred (sigma 0.7 px)": np.stack([gaussian_filter(r, 0.7) for r in ref]),
             "reference + noise (sigma 0.02)": ref + rng.normal(0.0, 0.02, ref.shape).astype(np.float32)}
     for v in VARIANTS:
         rows[f"flow {v}"] = np.abs(run_flow(flow, val, v, solvers[v]))
-    mapped = {"reference, dequantised": deq}
+    # each image as the solver's penalty sees it: mapped to the prior's space (recon.flow)
+    prior_space = {name: to_prior_space(np.clip(imgs, 0.0, 1.0), solvers["l1"].bits) for name, imgs in rows.items()}
+    prior_space["reference, dequantised"] = deq
     print(f"\nvalidation slices 150-{149 + a.n_val}, {bits}-bit: the prior's log p (nats/pixel) and PSNR")
     for name, imgs in rows.items():
-        lp = logp(mapped[name], mapped=True) if name in mapped else logp(imgs)
-        print(f"{name:36s} log p {lp:7.3f}   PSNR {mean_psnr(imgs, ref):6.2f} dB", flush=True)
+        print(f"{name:36s} log p {logp(prior_space[name]):7.3f}   PSNR {mean_psnr(imgs, ref):6.2f} dB", flush=True)
 
 
 def main():

@@ -69,12 +69,14 @@ def to_prior_space(m, bits: Optional[int]):
     return (m * (levels - 1) + 0.5) / levels
 
 
-def from_prior_space(g, bits: Optional[int]):
-    """The flow's space -> image values: the inverse of :func:`to_prior_space`, clipped to [0, 1]."""
+def from_prior_space(g, bits: Optional[int], clip: bool = True):
+    """The flow's space -> image values: the inverse of :func:`to_prior_space`, clipped to
+    [0, 1] (torch tensors) unless ``clip`` is False (then numpy arrays work too)."""
     if not bits:
         return g
     levels = 2 ** int(bits)
-    return ((g * levels - 0.5) / (levels - 1)).clamp(0.0, 1.0)
+    m = (g * levels - 0.5) / (levels - 1)
+    return m.clamp(0.0, 1.0) if clip else m
 
 
 def _centre_mask(mask: np.ndarray) -> np.ndarray:
