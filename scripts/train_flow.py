@@ -71,7 +71,8 @@ def main():
         origin = run_origin(out / "flow_ckpt.pt", source)
     flow = train_flow(cfg, train, out, tc, val=val, init_state=init)
     bpd = validate_bpd(flow, val, a.bits)
-    print(f"validation NLL: {bpd:.3f} bits/dim; checkpoints and loss log in {out}")
+    n_params = sum(p.numel() for p in flow.parameters())
+    print(f"validation NLL: {bpd:.3f} bits/dim ({n_params / 1e6:.2f} M parameters); checkpoints and loss log in {out}")
     samples = a.samples or (f"docs/flow_samples_{a.bits}bit.png" if a.export else None)
     if samples:
         from MRISynthLib.viz import montage
