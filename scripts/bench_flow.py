@@ -158,8 +158,8 @@ def prior_check(flow, bits, a, solvers):
     for v in VARIANTS:
         rows[f"flow {v}"] = np.abs(run_flow(flow, val, v, solvers[v]))
     # each image as the solver's penalty sees it: mapped to the prior's space (recon.flow)
-    prior_space = {name: to_prior_space(np.clip(imgs, 0.0, 1.0), solvers["l1"].bits) for name, imgs in rows.items()}
-    prior_space["reference, dequantised"] = deq
+    prior_space = {name: deq if name == "reference, dequantised"
+                   else to_prior_space(np.clip(imgs, 0.0, 1.0), solvers["l1"].bits) for name, imgs in rows.items()}
     print(f"\nvalidation slices 150-{149 + a.n_val}, {bits}-bit: the prior's log p (nats/pixel) and PSNR")
     for name, imgs in rows.items():
         print(f"{name:36s} log p {logp(prior_space[name]):7.3f}   PSNR {mean_psnr(imgs, ref):6.2f} dB", flush=True)
